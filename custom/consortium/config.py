@@ -1,0 +1,216 @@
+"""Typed site configs: load YAML, merge `_defaults.yaml`, validate with errors naming file and field."""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from consortium.constants import ENV_SITE_CONFIG_DIR
+
+DEFAULTS_FILE = "_defaults.yaml"
+SITE_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")  # FLARE client name rule
+ORG_RE = re.compile(r"^[A-Za-z0-9_]+$")  # FLARE org name rule
+
+
+class ConfigError(ValueError):
+    """A config file is invalid; the message names the file, the field and how to fix it."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dir: Path  # folder holding the manifest and the DICOM files
+    manifest: str = "manifest.csv"
+    modality: str = "CT"
+
+
+@dataclass(frozen=True)
+class ResourceConfig:
+    num_threads: int = 1
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class SyntheticProfile:
+    """How the demo generator simulates this hospital's scanner and cohort (generated data only)."""
+
+    institution: str
+    manufacturer: str
+    patients: int
+    slices_per_patient: int = 2
+    noise_hu: float = 15.0
+    hu_offset: float = 0.0
+    lesion_contrast_hu: float = -40.0
+    lesion_radius: tuple[float, float] = (3.0, 6.0)
+    lesions_max: int = 2
+    prevalence: float = 0.8
+    val_fraction: float = 0.25
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    name: str
+    org: str
+    data: DataConfig
+    resources: ResourceConfig
+    synthetic: SyntheticProfile | None
+    source: Path
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.data.dir / self.data.manifest
+
+
+def _fail(source: Path, field: str, problem: str, fix: str) -> ConfigError:
+    return ConfigError(f"{source}: field '{field}': {problem}. {fix}")
+
+
+def _build(cls, raw: Any, source: Path, prefix: str, converters: dict | None = None):
+    """Build dataclass `cls` from a mapping, refusing unknown keys and missing required ones."""
+    if not isinstance(raw, dict):
+        raise _fail(source, prefix, f"expected a mapping, got {type(raw).__name__}", "Indent the keys below it.")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise _fail(source, f"{prefix}.{unknown[0]}", "unknown key", f"Allowed keys: {', '.join(sorted(known))}.")
+    values = {}
+    for name, value in raw.items():
+        conv = (converters or {}).get(name)
+        try:
+            values[name] = conv(value) if conv else value
+        except (TypeError, ValueError) as exc:
+            raise _fail(source, f"{prefix}.{name}", f"invalid value {value!r} ({exc})", "See site_configs/README.md.")
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise _fail(source, prefix, str(exc), "Add the missing key.") from None
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at top level")
+    return raw
+
+
+def _positive(kind):
+    def conv(value):
+        value = kind(value)
+        if value <= 0:
+            raise ValueError("must be > 0")
+        return value
+
+    return conv
+
+
+def _fraction(value):
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("must be between 0 and 1")
+    return value
+
+
+def _radius(value):
+    lo, hi = (float(v) for v in value)
+    if not 0 < lo <= hi:
+        raise ValueError("must be [min, max] with 0 < min <= max")
+    return (lo, hi)
+
+
+def parse_site_config(raw: dict, source: Path) -> SiteConfig:
+    """Validate one merged site mapping (defaults already applied) into a SiteConfig."""
+    raw = dict(raw)
+    name = str(raw.pop("site", source.stem))
+    if name != source.stem:
+        raise _fail(source, "site", f"'{name}' differs from the file name", f"Rename the file to {name}.yaml.")
+    if not SITE_NAME_RE.match(name):
+        raise _fail(source, "site", f"'{name}' is not a valid FLARE site name", "Use letters, digits, '-', '_'.")
+    known = {"org", "data", "resources", "synthetic"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise _fail(source, unknown[0], "unknown key", f"Allowed top-level keys: site, {', '.join(sorted(known))}.")
+    org = raw.get("org")
+    if not isinstance(org, str) or not ORG_RE.match(org):
+        raise _fail(source, "org", f"{org!r} is not a valid FLARE org", "Use letters, digits and '_' only.")
+    data_raw = dict(raw.get("data") or {})
+    if "dir" not in data_raw:
+        raise _fail(source, "data.dir", "missing", "Set the folder holding the manifest and DICOM files.")
+    data_dir = Path(os.path.expanduser(str(data_raw["dir"]).format(site=name)))
+    data_raw["dir"] = data_dir if data_dir.is_absolute() else (source.parent / data_dir).resolve()
+    data = _build(DataConfig, data_raw, source, "data")
+    resources = _build(
+        ResourceConfig, raw.get("resources") or {}, source, "resources", {"num_threads": _positive(int)}
+    )
+    if resources.device not in ("cpu", "cuda") and not resources.device.startswith("cuda:"):
+        raise _fail(source, "resources.device", f"{resources.device!r} unknown", "Use 'cpu', 'cuda' or 'cuda:N'.")
+    synthetic = None
+    if raw.get("synthetic") is not None:
+        synthetic = _build(
+            SyntheticProfile,
+            raw["synthetic"],
+            source,
+            "synthetic",
+            {
+                "patients": _positive(int),
+                "slices_per_patient": _positive(int),
+                "noise_hu": float,
+                "hu_offset": float,
+                "lesion_contrast_hu": float,
+                "lesion_radius": _radius,
+                "lesions_max": _positive(int),
+                "prevalence": _fraction,
+                "val_fraction": _fraction,
+            },
+        )
+    return SiteConfig(name=name, org=org, data=data, resources=resources, synthetic=synthetic, source=source)
+
+
+def load_site_configs(config_dir: str | Path) -> dict[str, SiteConfig]:
+    """Load every `<site>.yaml` in `config_dir` merged over `_defaults.yaml`, sorted by site name."""
+    config_dir = Path(config_dir)
+    if not config_dir.is_dir():
+        raise ConfigError(f"site config folder {config_dir} does not exist; point --site-configs at it")
+    defaults_path = config_dir / DEFAULTS_FILE
+    defaults = _read_yaml(defaults_path) if defaults_path.exists() else {}
+    sites: dict[str, SiteConfig] = {}
+    for path in sorted(config_dir.glob("*.y*ml")):
+        if path.name.startswith("_"):
+            continue
+        cfg = parse_site_config(_merge(defaults, _read_yaml(path)), path)
+        if cfg.name in sites:
+            raise ConfigError(f"{path}: site '{cfg.name}' is also defined in {sites[cfg.name].source}")
+        sites[cfg.name] = cfg
+    if not sites:
+        raise ConfigError(f"{config_dir}: no site configs (<site>.yaml) found")
+    return dict(sorted(sites.items()))
+
+
+def load_site_config(site: str, config_dir: str | Path | None = None) -> SiteConfig:
+    """Resolve one site's config from an explicit folder, else from $CONSORTIUM_SITE_CONFIGS."""
+    config_dir = config_dir or os.environ.get(ENV_SITE_CONFIG_DIR)
+    if not config_dir:
+        raise ConfigError(
+            f"site '{site}' has no config: set {ENV_SITE_CONFIG_DIR} to the folder holding {site}.yaml"
+        )
+    sites = load_site_configs(config_dir)
+    if site not in sites:
+        raise ConfigError(f"site '{site}' has no config in {config_dir}; add {site}.yaml (known: {', '.join(sites)})")
+    return sites[site]

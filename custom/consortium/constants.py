@@ -1,0 +1,21 @@
+"""Names that cross the wire or the process boundary: tasks, metric keys, meta keys, env vars."""
+
+# FLARE task names handled by the site executor.
+TASK_TRAIN = "train"
+TASK_VALIDATE = "validate"
+TASK_SUBMIT_MODEL = "submit_model"
+
+# Metric keys reported by sites (FLModel.metrics).
+METRIC_TRAIN_LOSS = "train_loss"
+METRIC_DICE = "val_dice"  # Dice of the model a site *received*, on that site's validation split
+METRIC_LOCAL_DICE = "local_dice"  # Dice of the site's locally trained model, on its validation split
+METRIC_NUM_TRAIN = "num_train"
+METRIC_NUM_VAL = "num_val"
+METRIC_SECONDS = "train_seconds"
+
+# Environment variables read by site processes.
+ENV_SITE_CONFIG_DIR = "CONSORTIUM_SITE_CONFIGS"  # folder with _defaults.yaml and <site>.yaml
+
+# Files written by the server workflow into its run directory.
+GLOBAL_MODEL_FILE = "global_model.pt"
+METRICS_FILE = "metrics.json"

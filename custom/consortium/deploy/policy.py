@@ -1,0 +1,26 @@
+"""Site policies written into a FLARE site's `local/` folder (simulator workspace or startup kit)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+PACKAGE_PREFIX = "consortium."  # FLARE wants a trailing dot for package prefixes
+
+
+def class_allow_list() -> list[str]:
+    """FLARE's default component allow-list plus the site-installed `consortium` package."""
+    from nvflare.app_common.default_component_policy import DEFAULT_CLASS_ALLOW_LIST
+
+    return sorted(set(DEFAULT_CLASS_ALLOW_LIST) | {PACKAGE_PREFIX})
+
+
+def write_resources_policy(local_dir: Path) -> Path:
+    """Merge the allow-list into `local_dir/resources.json`, keeping any other settings in it."""
+    local_dir.mkdir(parents=True, exist_ok=True)
+    path = local_dir / "resources.json"
+    resources = json.loads(path.read_text()) if path.exists() else {}
+    resources["class_allow_list"] = class_allow_list()
+    resources["class_list_enforcement_mode"] = "enforce"
+    path.write_text(json.dumps(resources, indent=2))
+    return path

@@ -1,0 +1,130 @@
+"""The site-installed FLARE executor: local training, validation and model submission for one task."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from nvflare.apis.executor import Executor
+from nvflare.apis.fl_constant import FLMetaKey, ReturnCode
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable, make_reply
+from nvflare.apis.signal import Signal
+from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
+from nvflare.app_common.utils.fl_model_utils import FLModelUtils
+
+from consortium import constants as C
+from consortium.config import load_site_config
+from consortium.tasks import get_task
+
+
+def state_to_numpy(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def load_numpy_state(model: torch.nn.Module, params: dict) -> None:
+    model.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in params.items()}, strict=True)
+
+
+class SiteTrainer(Executor):
+    """Runs the job's task at a site on the data named by that site's own config.
+
+    Job settings (task, epochs, lr, batch size) come from the job; the data location and
+    resources come from the site config, which the job cannot see or change.
+    """
+
+    def __init__(self, *, task: str, local_epochs: int, lr: float, batch_size: int, seed: int):
+        # No defaults: every experiment setting is written into the exported job, none comes from the site.
+        super().__init__()
+        if local_epochs < 1 or lr <= 0 or batch_size < 1:
+            raise ValueError(f"SiteTrainer: need local_epochs>=1, lr>0, batch_size>=1; got {local_epochs}, {lr}, {batch_size}")
+        # attribute names match the args so FLARE's job exporter can read them back
+        self._task, self.local_epochs, self.lr, self.batch_size, self.seed = task, local_epochs, lr, batch_size, seed
+        self._ready = False
+
+    def _setup(self, fl_ctx: FLContext) -> None:
+        site = fl_ctx.get_identity_name()
+        self.site_cfg = load_site_config(site)
+        torch.set_num_threads(self.site_cfg.resources.num_threads)
+        torch.manual_seed(self.seed)
+        self.device = self.site_cfg.resources.device
+        self.task = get_task(self._task)
+        self.model = self.task.build_model()
+        self.train_loader, self.val_loader, report = self.task.make_loaders(
+            self.site_cfg, batch_size=self.batch_size, seed=self.seed
+        )
+        self.data_report = report
+        for line in report.summary().splitlines():
+            self.log_info(fl_ctx, line)
+        self.local_params: dict | None = None
+        self._ready = True
+
+    def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        try:
+            if not self._ready:
+                self._setup(fl_ctx)
+            if task_name == C.TASK_TRAIN:
+                return self._train(shareable, fl_ctx, abort_signal)
+            if task_name == C.TASK_VALIDATE:
+                return self._validate(shareable, fl_ctx)
+            if task_name == C.TASK_SUBMIT_MODEL:
+                return self._submit_model(fl_ctx)
+            self.log_error(fl_ctx, f"task '{task_name}' is not handled by SiteTrainer")
+            return make_reply(ReturnCode.TASK_UNKNOWN)
+        except Exception as exc:  # report the cause in the site's log and to the server, never crash the client
+            self.log_exception(fl_ctx, f"{fl_ctx.get_identity_name()}: task '{task_name}' failed: {exc}")
+            return make_reply(ReturnCode.EXECUTION_EXCEPTION)
+
+    def _train(self, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        incoming = FLModelUtils.from_shareable(shareable)
+        load_numpy_state(self.model, incoming.params)
+        received_dice = self.task.evaluate(self.model, self.val_loader, device=self.device)
+        result = self.task.train(
+            self.model,
+            self.train_loader,
+            epochs=self.local_epochs,
+            lr=self.lr,
+            device=self.device,
+            should_stop=lambda: abort_signal.triggered,
+        )
+        if abort_signal.triggered:
+            return make_reply(ReturnCode.TASK_ABORTED)
+        local_dice = self.task.evaluate(self.model, self.val_loader, device=self.device)
+        self.local_params = state_to_numpy(self.model)
+        metrics = {
+            C.METRIC_DICE: received_dice,
+            C.METRIC_LOCAL_DICE: local_dice,
+            C.METRIC_TRAIN_LOSS: result.loss,
+            C.METRIC_SECONDS: result.seconds,
+            C.METRIC_NUM_TRAIN: len(self.train_loader.dataset),
+            C.METRIC_NUM_VAL: len(self.val_loader.dataset),
+        }
+        self.log_info(
+            fl_ctx,
+            f"{self.site_cfg.name} round {incoming.current_round}: Dice of received model {received_dice:.3f}, after local training "
+            f"{local_dice:.3f}; loss {result.loss:.3f}, {result.steps} steps in {result.seconds:.1f} s",
+        )
+        out = FLModel(
+            params=self.local_params,
+            params_type=ParamsType.FULL,
+            metrics=metrics,
+            meta={FLMetaKey.NUM_STEPS_CURRENT_ROUND: result.steps},
+        )
+        return FLModelUtils.to_shareable(out)
+
+    def _validate(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
+        incoming = FLModelUtils.from_shareable(shareable)
+        load_numpy_state(self.model, incoming.params)
+        start = time.perf_counter()
+        dice = self.task.evaluate(self.model, self.val_loader, device=self.device)
+        self.log_info(fl_ctx, f"{self.site_cfg.name}: validation Dice {dice:.3f} on {len(self.val_loader.dataset)} slices")
+        metrics = {C.METRIC_DICE: dice, C.METRIC_NUM_VAL: len(self.val_loader.dataset)}
+        metrics["validate_seconds"] = time.perf_counter() - start
+        return FLModelUtils.to_shareable(FLModel(metrics=metrics))
+
+    def _submit_model(self, fl_ctx: FLContext) -> Shareable:
+        if self.local_params is None:
+            self.log_error(fl_ctx, "submit_model: this site has not trained in this job yet")
+            return make_reply(ReturnCode.EMPTY_RESULT)
+        return FLModelUtils.to_shareable(FLModel(params=self.local_params, params_type=ParamsType.FULL))

@@ -1,0 +1,130 @@
+"""Job definitions: read `jobs/<name>/job.yaml` (variants name a `base` and state only differences),
+build the FLARE job from installed components, export it, or run it in the simulator."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import yaml
+
+from consortium import constants as C
+from consortium.config import ConfigError
+
+JOB_FILE = "job.yaml"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str
+    description: str = ""
+    task: str = "seg2d"
+    rounds: int = 10
+    local_epochs: int = 2
+    lr: float = 1e-3
+    batch_size: int = 8
+    seed: int = 0
+    min_clients: int = 2
+
+    def validate(self, source: Path) -> "JobSpec":
+        from consortium.tasks import TASKS
+
+        checks = [
+            (self.task in TASKS, "task", f"unknown task {self.task!r}; known: {', '.join(TASKS)}"),
+            (self.rounds >= 1, "rounds", "must be >= 1"),
+            (self.local_epochs >= 1, "local_epochs", "must be >= 1"),
+            (self.lr > 0, "lr", "must be > 0"),
+            (self.batch_size >= 1, "batch_size", "must be >= 1"),
+            (self.min_clients >= 1, "min_clients", "must be >= 1"),
+        ]
+        for ok, field, problem in checks:
+            if not ok:
+                raise ConfigError(f"{source}: field '{field}': {problem}")
+        return self
+
+
+def _read(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"job definition {path} not found")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings")
+    return raw
+
+
+def available_jobs(jobs_dir: Path) -> list[str]:
+    return sorted(p.parent.name for p in Path(jobs_dir).glob(f"*/{JOB_FILE}"))
+
+
+def load_job_spec(name: str, jobs_dir: str | Path) -> JobSpec:
+    """Resolve `jobs/<name>/job.yaml` over its chain of `base` jobs and validate it."""
+    jobs_dir = Path(jobs_dir)
+    if not (jobs_dir / name / JOB_FILE).is_file():
+        known = ", ".join(available_jobs(jobs_dir)) or "none"
+        raise ConfigError(f"unknown job '{name}': no {jobs_dir / name / JOB_FILE} (available jobs: {known})")
+    chain, merged, current = [], {}, name
+    while current:
+        if current in chain:
+            raise ConfigError(f"{jobs_dir / name / JOB_FILE}: 'base' chain loops: {' -> '.join(chain + [current])}")
+        chain.append(current)
+        raw = _read(jobs_dir / current / JOB_FILE)
+        current = raw.pop("base", None)
+        merged = {**raw, **merged}
+    source = jobs_dir / name / JOB_FILE
+    known = {f.name for f in fields(JobSpec)}
+    unknown = sorted(set(merged) - known)
+    if unknown:
+        raise ConfigError(f"{source}: field '{unknown[0]}': unknown key. Allowed: base, {', '.join(sorted(known))}")
+    merged.pop("name", None)
+    try:
+        spec = JobSpec(name=name, **merged)
+    except TypeError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    for f in fields(JobSpec):  # YAML gives "1e-3" as a string: coerce to the declared type
+        value = getattr(spec, f.name)
+        try:
+            object.__setattr__(spec, f.name, {"int": int, "float": float, "str": str}[f.type](value))
+        except (TypeError, ValueError):
+            raise ConfigError(f"{source}: field '{f.name}': {value!r} is not a valid {f.type}") from None
+    return spec.validate(source)
+
+
+def build_job(spec: JobSpec):
+    """The FLARE job for `spec`; components are class paths of the installed `consortium` package."""
+    from nvflare.job_config.api import FedJob
+
+    from consortium.executors.trainer import SiteTrainer
+    from consortium.workflows.fedavg import ConsortiumFedAvg
+    from consortium.aggregators.weighted import WeightedAverage
+
+    job = FedJob(name=spec.name, min_clients=spec.min_clients)
+    job.set_app_packages(["consortium"])  # sites run the reviewed, installed package: ship no custom code
+    controller = ConsortiumFedAvg(task=spec.task, seed=spec.seed, num_rounds=spec.rounds, aggregator=WeightedAverage())
+    job.to_server(controller)
+    trainer = SiteTrainer(
+        task=spec.task, local_epochs=spec.local_epochs, lr=spec.lr, batch_size=spec.batch_size, seed=spec.seed
+    )
+    job.to_clients(trainer, tasks=[C.TASK_TRAIN, C.TASK_VALIDATE, C.TASK_SUBMIT_MODEL])
+    return job
+
+
+def spec_dict(spec: JobSpec) -> dict:
+    return asdict(spec)
+
+
+def export_job(spec: JobSpec, out_dir: str | Path) -> Path:
+    """Write the submit-ready FLARE job folder (meta.json + app configs) to `out_dir/<name>`."""
+    out_dir = Path(out_dir)
+    build_job(spec).export_job(str(out_dir))
+    return out_dir / spec.name
+
+
+def simulate(spec: JobSpec, *, sites: list[str], site_config_dir: Path, workspace: Path, threads: int | None = None):
+    """Run the job in the FLARE simulator with one simulated client per site config."""
+    from consortium.deploy.policy import write_resources_policy
+
+    os.environ[C.ENV_SITE_CONFIG_DIR] = str(Path(site_config_dir).resolve())
+    write_resources_policy(Path(workspace) / "local")  # the simulator copies local/ to every participant
+    job = build_job(spec)
+    return job.simulator_run(str(workspace), clients=sites, threads=threads or len(sites), log_config="concise")

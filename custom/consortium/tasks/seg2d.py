@@ -1,0 +1,140 @@
+"""Lesion segmentation on 2D CT slices: model, transforms, train and evaluate.
+
+The executor, the server's initial model and both baselines import these same functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+from monai.data import PydicomReader
+from monai.losses import DiceCELoss
+from monai.metrics import DiceMetric
+from monai.networks.nets import UNet
+from monai.transforms import (
+    Compose,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    LoadImaged,
+    RandFlipd,
+    RandRotate90d,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    ScaleIntensityRanged,
+)
+
+# MONAI's PydicomReader probes for a GPU decoder on every read; on CPU sites that is noise, not news.
+warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
+logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+
+HU_WINDOW = (-160.0, 240.0)  # abdominal soft-tissue window
+KEYS = ("image", "label")
+
+
+def build_model(channels: Iterable[int] = (16, 32, 64, 128), num_res_units: int = 2) -> torch.nn.Module:
+    """A 2D MONAI UNet valid for Opacus DP-SGD: instance norm (no BatchNorm), no in-place activations."""
+    channels = tuple(channels)
+    return UNet(
+        spatial_dims=2,
+        in_channels=1,
+        out_channels=1,
+        channels=channels,
+        strides=(2,) * (len(channels) - 1),
+        num_res_units=num_res_units,
+        norm="instance",
+        act=("relu", {"inplace": False}),
+    )
+
+
+def make_transforms(train: bool) -> Compose:
+    """Load DICOM (HU, rows x cols) and the .npy mask, window to [0, 1], channel-first; augment if training."""
+    steps = [
+        # swap_ij=False keeps pydicom's (rows, columns) order, the order masks are stored in.
+        LoadImaged(keys="image", reader=PydicomReader(swap_ij=False), image_only=True),
+        LoadImaged(keys="label", reader="NumpyReader", image_only=True),
+        EnsureChannelFirstd(keys=KEYS, channel_dim="no_channel"),
+        ScaleIntensityRanged(keys="image", a_min=HU_WINDOW[0], a_max=HU_WINDOW[1], b_min=0.0, b_max=1.0, clip=True),
+        EnsureTyped(keys=KEYS, dtype=torch.float32, track_meta=False),
+    ]
+    if train:
+        steps += [
+            RandFlipd(keys=KEYS, prob=0.5, spatial_axis=1),
+            RandRotate90d(keys=KEYS, prob=0.5, max_k=3),
+            RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
+            RandShiftIntensityd(keys="image", offsets=0.05, prob=0.5),
+        ]
+    return Compose(steps)
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    loss: float
+    seconds: float
+
+
+def train(
+    model: torch.nn.Module,
+    loader,
+    *,
+    epochs: int = 1,
+    lr: float = 1e-3,
+    max_steps: int | None = None,
+    device: str = "cpu",
+    should_stop: Callable[[], bool] = lambda: False,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> TrainResult:
+    """Train for `epochs` passes (or `max_steps` batches); returns steps taken and mean loss."""
+    model.to(device).train()
+    optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
+    loss_fn = DiceCELoss(sigmoid=True, batch=True)
+    steps, total, start = 0, 0.0, time.perf_counter()
+    for _ in range(epochs):
+        for batch in loader:
+            if should_stop() or (max_steps is not None and steps >= max_steps):
+                break
+            image, label = batch["image"].to(device), batch["label"].to(device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(image), label)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            total += float(loss.detach())
+    return TrainResult(steps=steps, loss=total / max(steps, 1), seconds=time.perf_counter() - start)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader, *, device: str = "cpu") -> float:
+    """Mean Dice over slices; a slice without lesion scores 1 if nothing is predicted, else 0."""
+    model.to(device).eval()
+    metric = DiceMetric(include_background=True, reduction="mean", ignore_empty=False)
+    for batch in loader:
+        pred = (torch.sigmoid(model(batch["image"].to(device))) > 0.5).float()
+        metric(y_pred=pred, y=batch["label"].to(device))
+    value = float(metric.aggregate().item())
+    metric.reset()
+    return value
+
+
+def make_loaders(cfg, *, batch_size: int = 8, seed: int = 0, num_workers: int = 0):
+    """A site's (train_loader, val_loader, DataReport) from its checked manifest; deterministic steps cached."""
+    from monai.data import CacheDataset, DataLoader
+
+    from consortium.data.manifest import load_records
+
+    records, report = load_records(cfg)
+    generator = torch.Generator().manual_seed(seed)
+    train_tf = make_transforms(train=True)
+    train_tf.set_random_state(seed=seed)
+    train_ds = CacheDataset(records["train"], train_tf, progress=False)
+    val_ds = CacheDataset(records["val"], make_transforms(train=False), progress=False)
+    train_loader = DataLoader(
+        train_ds, batch_size=batch_size, shuffle=True, num_workers=num_workers, generator=generator
+    )
+    val_loader = DataLoader(val_ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    return train_loader, val_loader, report
