@@ -1,0 +1,36 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# The CPU wheel is installed before anything else so no CUDA build is pulled in.
+# GPU users: install your own torch into $(VENV) first; it is kept.
+TORCH  ?= torch==2.13.0
+PYTHON ?= python3
+
+.PHONY: setup demo test test-all lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert (3, 10) <= sys.version_info[:2] <= (3, 12), "need Python 3.10-3.12, found " + sys.version' 
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c 'import torch' 2>/dev/null || $(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/consortium data synth
+	$(VENV)/bin/consortium simulate fedavg
+
+test: setup
+	$(PY) -m pytest -m 'not slow' -q
+
+test-all: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check custom tests bench
+
+clean:
+	rm -rf runs build data

@@ -1,0 +1,226 @@
+"""The `consortium` command: generate data, check it, run jobs in the simulator, export jobs, baselines."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from consortium import constants as C
+from consortium.config import ConfigError, load_site_configs
+from consortium.data.manifest import DataError
+
+DEFAULT_SITE_CONFIGS = "site_configs"
+DEFAULT_JOBS = "jobs"
+DEFAULT_RUNS = "runs"
+
+
+def _sites(args) -> dict:
+    sites = load_site_configs(args.site_configs)
+    if getattr(args, "sites", None):
+        wanted = [s.strip() for s in args.sites.split(",") if s.strip()]
+        unknown = [s for s in wanted if s not in sites]
+        if unknown:
+            raise ConfigError(f"--sites: unknown site(s) {', '.join(unknown)}; known: {', '.join(sites)}")
+        sites = {s: sites[s] for s in wanted}
+    return sites
+
+
+def cmd_data_synth(args) -> int:
+    from consortium.data.synth import generate_site
+
+    for name, cfg in _sites(args).items():
+        if cfg.synthetic is None:
+            print(f"{name}: uses its own data at {cfg.data.dir} (no 'synthetic' section), skipped")
+            continue
+        if cfg.manifest_path.exists() and not args.force:
+            print(f"{name}: {cfg.manifest_path} exists, kept (use --force to regenerate)")
+            continue
+        if cfg.data.dir.exists():
+            shutil.rmtree(cfg.data.dir)
+        start = time.perf_counter()
+        df = generate_site(cfg, seed=args.seed, size=args.size, patients=args.patients)
+        counts = df.split.value_counts().to_dict()
+        print(
+            f"{name}: {df.patient_id.nunique()} patients, {len(df)} DICOM slices "
+            f"({counts.get('train', 0)} train / {counts.get('val', 0)} val) -> {cfg.data.dir} "
+            f"[{time.perf_counter() - start:.1f} s]"
+        )
+    return 0
+
+
+def cmd_data_check(args) -> int:
+    from consortium.data.manifest import load_records
+
+    failed = 0
+    for name, cfg in _sites(args).items():
+        try:
+            _, report = load_records(cfg)
+            print(report.summary())
+        except DataError as exc:
+            failed += 1
+            print(f"ERROR {exc}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_job_list(args) -> int:
+    from consortium.jobs import available_jobs, load_job_spec
+
+    for name in available_jobs(Path(args.jobs)):
+        spec = load_job_spec(name, args.jobs)
+        print(f"{name:16s} {spec.description}")
+    return 0
+
+
+def cmd_job_export(args) -> int:
+    from consortium.jobs import export_job, load_job_spec
+
+    path = export_job(load_job_spec(args.job, args.jobs), args.out)
+    print(f"exported job '{args.job}' to {path} (submit it with the admin console: submit_job {path})")
+    return 0
+
+
+def _echo_filtered(stream, log_file) -> None:
+    """Copy the simulator's output to a log file; show only progress lines, site results and errors."""
+    for line in stream:
+        log_file.write(line)
+        if "[progress]" in line or " usable in " in line or "  skipped " in line or (" round " in line and "Dice" in line) or " ERROR " in line:
+            msg = line.split(" - INFO - ")[-1].split(" - ERROR - ")[-1].rstrip()
+            print(("ERROR " if " ERROR " in line else "  ") + msg, flush=True)
+
+
+def cmd_simulate(args) -> int:
+    from consortium.jobs import load_job_spec
+
+    spec = load_job_spec(args.job, args.jobs)
+    if args.rounds:
+        spec = replace(spec, rounds=args.rounds)
+    if args.local_epochs:
+        spec = replace(spec, local_epochs=args.local_epochs)
+    sites = _sites(args)
+    if len(sites) < spec.min_clients:
+        spec = replace(spec, min_clients=len(sites))
+    out = Path(args.runs) / args.job
+    workspace = out / "workspace"
+    shutil.rmtree(workspace, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"simulating job '{spec.name}': {spec.rounds} rounds x {spec.local_epochs} local epochs at {', '.join(sites)}")
+    start = time.perf_counter()
+    worker = [sys.executable, "-m", "consortium.cli", "_simulate-worker", json.dumps(spec.__dict__),
+              ",".join(sites), str(Path(args.site_configs).resolve()), str(workspace.resolve())]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(out / "simulate.log", "w") as log_file:
+        proc = subprocess.Popen(worker, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        try:
+            _echo_filtered(proc.stdout, log_file)
+        except KeyboardInterrupt:
+            proc.terminate()
+            raise
+        code = proc.wait()
+    seconds = time.perf_counter() - start
+    run_dir = workspace / "server" / "simulate_job"
+    metrics = run_dir / C.METRICS_FILE
+    if code != 0 or not metrics.exists():
+        print(f"ERROR simulation failed (exit {code}); full log: {out / 'simulate.log'}", file=sys.stderr)
+        return 1
+    for name in (C.METRICS_FILE, C.GLOBAL_MODEL_FILE):
+        shutil.copy2(run_dir / name, out / name)
+    history = json.loads(metrics.read_text())
+    history["wall_seconds"] = seconds
+    (out / C.METRICS_FILE).write_text(json.dumps(history, indent=1))
+    final = history.get("final", {})
+    print(f"done in {seconds:.0f} s. Final global model, validation Dice per site:")
+    for site, m in sorted(final.items()):
+        print(f"  {site:14s} {m.get(C.METRIC_DICE, float('nan')):.3f}")
+    print(f"global model: {out / C.GLOBAL_MODEL_FILE}\nmetrics:      {out / C.METRICS_FILE}\nlog:          {out / 'simulate.log'}")
+    return 0
+
+
+def cmd_simulate_worker(args) -> int:
+    from consortium.jobs import JobSpec, simulate
+
+    spec = JobSpec(**json.loads(args.spec))
+    result = simulate(spec, sites=args.sites.split(","), site_config_dir=Path(args.site_configs), workspace=Path(args.workspace))
+    return 0 if result in (None, 0) else 1
+
+
+def cmd_baseline(args) -> int:
+    from consortium.baselines import run_baselines
+    from consortium.jobs import load_job_spec
+
+    spec = load_job_spec(args.job, args.jobs)
+    if args.rounds:
+        spec = replace(spec, rounds=args.rounds)
+    result = run_baselines(spec, _sites(args), kind=args.kind)
+    out = Path(args.runs) / "baselines"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{args.kind}.json"
+    path.write_text(json.dumps(result, indent=1))
+    print(f"results: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="consortium", description=__doc__)
+    p.add_argument("--site-configs", default=DEFAULT_SITE_CONFIGS, help="folder with _defaults.yaml and <site>.yaml")
+    p.add_argument("--jobs", default=DEFAULT_JOBS, help="folder with one <job>/job.yaml per experiment")
+    p.add_argument("--runs", default=DEFAULT_RUNS, help="where results and workspaces are written")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="generate or check hospital data").add_subparsers(dest="action", required=True)
+    synth = data.add_parser("synth", help="write generated DICOM cohorts for sites with a 'synthetic' profile")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--size", type=int, default=64, help="image size in pixels (default 64)")
+    synth.add_argument("--patients", type=int, default=None, help="override every site's patient count")
+    synth.add_argument("--sites", help="comma-separated subset of sites")
+    synth.add_argument("--force", action="store_true", help="regenerate even if a manifest exists")
+    synth.set_defaults(fn=cmd_data_synth)
+    check = data.add_parser("check", help="check every file of every site and report what would be skipped")
+    check.add_argument("--sites", help="comma-separated subset of sites")
+    check.set_defaults(fn=cmd_data_check)
+
+    job = sub.add_parser("job", help="list or export job definitions").add_subparsers(dest="action", required=True)
+    job.add_parser("list", help="list the jobs in jobs/").set_defaults(fn=cmd_job_list)
+    export = job.add_parser("export", help="write a submit-ready FLARE job folder")
+    export.add_argument("job")
+    export.add_argument("--out", default="build/jobs")
+    export.set_defaults(fn=cmd_job_export)
+
+    sim = sub.add_parser("simulate", help="run a job in the FLARE simulator, one client per site config")
+    sim.add_argument("job")
+    sim.add_argument("--rounds", type=int, help="override the job's rounds")
+    sim.add_argument("--local-epochs", type=int, help="override the job's local epochs")
+    sim.add_argument("--sites", help="comma-separated subset of sites")
+    sim.set_defaults(fn=cmd_simulate)
+
+    worker = sub.add_parser("_simulate-worker")  # internal: runs the simulator in a child process
+    for name in ("spec", "sites", "site_configs", "workspace"):
+        worker.add_argument(name)
+    worker.set_defaults(fn=cmd_simulate_worker)
+
+    base = sub.add_parser("baseline", help="train without federation: each site alone, or pooled data")
+    base.add_argument("kind", choices=["local", "pooled"])
+    base.add_argument("--job", default="fedavg", help="job whose settings to copy (default fedavg)")
+    base.add_argument("--rounds", type=int)
+    base.add_argument("--sites", help="comma-separated subset of sites")
+    base.set_defaults(fn=cmd_baseline)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ConfigError, DataError) as exc:
+        print(f"ERROR {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

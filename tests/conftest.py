@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny site configs and generated DICOM cohorts in a temp dir."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from consortium.config import load_site_configs
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_site_configs(folder: Path, sites: dict[str, str]) -> Path:
+    """Write _defaults.yaml (data under folder/data/<site>) and one YAML per site."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "_defaults.yaml").write_text(
+        "data:\n  dir: data/{site}\n  manifest: manifest.csv\n  modality: CT\nresources:\n  num_threads: 1\n"
+    )
+    for name, body in sites.items():
+        (folder / f"{name}.yaml").write_text(textwrap.dedent(body))
+    return folder
+
+
+TINY_A = """
+org: site_a
+synthetic:
+  institution: Alpha Hospital
+  manufacturer: Acme Medical
+  patients: 8
+  noise_hu: 8
+  lesion_contrast_hu: -60
+  lesion_radius: [4.0, 7.0]
+  prevalence: 0.9
+"""
+TINY_B = """
+org: site_b
+synthetic:
+  institution: Beta Clinic
+  manufacturer: Borealis Imaging
+  patients: 6
+  noise_hu: 20
+  hu_offset: 20
+  lesion_contrast_hu: 50
+  lesion_radius: [5.0, 8.0]
+  prevalence: 0.6
+"""
+
+
+@pytest.fixture
+def tiny_sites(tmp_path):
+    """Two small generated hospitals; returns {name: SiteConfig} with data written."""
+    from consortium.data.synth import generate_site
+
+    folder = write_site_configs(tmp_path / "site_configs", {"site-a": TINY_A, "site-b": TINY_B})
+    sites = load_site_configs(folder)
+    for cfg in sites.values():
+        generate_site(cfg, seed=0, size=32)
+    return sites

@@ -1,0 +1,50 @@
+"""Job definitions: variants state differences only, bad ones are refused, exports hold no path or code."""
+
+import json
+
+import pytest
+
+from consortium.config import ConfigError
+from consortium.jobs import available_jobs, export_job, load_job_spec
+from tests.conftest import REPO
+
+
+def test_repository_jobs_load_and_export_clean(tmp_path):
+    names = available_jobs(REPO / "jobs")
+    assert "fedavg" in names
+    for name in names:
+        folder = export_job(load_job_spec(name, REPO / "jobs"), tmp_path)
+        assert not (folder / "app" / "custom").exists(), "jobs must not ship custom code"
+        text = "".join(p.read_text() for p in folder.rglob("*.json"))
+        assert "/work" not in text and str(tmp_path) not in text and "/home" not in text
+        assert "secret" not in text.lower() and "password" not in text.lower()
+        server = json.loads((folder / "app/config/config_fed_server.json").read_text())
+        client = json.loads((folder / "app/config/config_fed_client.json").read_text())
+        paths = [server["workflows"][0]["path"], client["executors"][0]["executor"]["path"]]
+        assert all(p.startswith("consortium.") for p in paths)
+        assert client["executors"][0]["executor"]["args"]["lr"] == load_job_spec(name, REPO / "jobs").lr
+
+
+def test_variant_states_only_differences(tmp_path):
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base/job.yaml").write_text("task: seg2d\nrounds: 4\nlr: 0.01\n")
+    (tmp_path / "fast").mkdir()
+    (tmp_path / "fast/job.yaml").write_text("base: base\nrounds: 1\n")
+    spec = load_job_spec("fast", tmp_path)
+    assert (spec.name, spec.rounds, spec.lr) == ("fast", 1, 0.01)
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [("rounds: 0\n", "'rounds'"), ("colour: red\n", "'colour'"), ("task: nope\n", "unknown task"), ("lr: fast\n", "'lr'")],
+)
+def test_bad_job_refused(tmp_path, body, message):
+    (tmp_path / "j").mkdir()
+    (tmp_path / "j/job.yaml").write_text(body)
+    with pytest.raises(ConfigError, match=message):
+        load_job_spec("j", tmp_path)
+
+
+def test_unknown_job_lists_available():
+    with pytest.raises(ConfigError, match="available jobs: .*fedavg"):
+        load_job_spec("nope", REPO / "jobs")
