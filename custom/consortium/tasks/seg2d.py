@@ -36,7 +36,7 @@ HU_WINDOW = (-160.0, 240.0)  # abdominal soft-tissue window
 KEYS = ("image", "label")
 
 
-def build_model(channels: Iterable[int] = (16, 32, 64, 128), num_res_units: int = 2) -> torch.nn.Module:
+def build_model(channels: Iterable[int] = (32, 64, 128, 256), num_res_units: int = 0) -> torch.nn.Module:
     """A 2D MONAI UNet valid for Opacus DP-SGD: instance norm (no BatchNorm), no in-place activations."""
     channels = tuple(channels)
     return UNet(
