@@ -59,7 +59,7 @@ def cmd_data_check(args) -> int:
     from consortium.data.manifest import load_records
 
     failed = 0
-    for name, cfg in _sites(args).items():
+    for cfg in _sites(args).values():
         try:
             _, report = load_records(cfg)
             print(report.summary())
@@ -90,7 +90,13 @@ def _echo_filtered(stream, log_file) -> None:
     """Copy the simulator's output to a log file; show only progress lines, site results and errors."""
     for line in stream:
         log_file.write(line)
-        if "[progress]" in line or " usable in " in line or "  skipped " in line or (" round " in line and "Dice" in line) or " ERROR " in line:
+        if (
+            "[progress]" in line
+            or " usable in " in line
+            or "  skipped " in line
+            or (" round " in line and "Dice" in line)
+            or " ERROR " in line
+        ):
             msg = line.split(" - INFO - ")[-1].split(" - ERROR - ")[-1].rstrip()
             print(("ERROR " if " ERROR " in line else "  ") + msg, flush=True)
 
@@ -110,10 +116,20 @@ def cmd_simulate(args) -> int:
     workspace = out / "workspace"
     shutil.rmtree(workspace, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"simulating job '{spec.name}': {spec.rounds} rounds x {spec.local_epochs} local epochs at {', '.join(sites)}")
+    print(
+        f"simulating job '{spec.name}': {spec.rounds} rounds x {spec.local_epochs} local epochs at {', '.join(sites)}"
+    )
     start = time.perf_counter()
-    worker = [sys.executable, "-m", "consortium.cli", "_simulate-worker", json.dumps(spec.__dict__),
-              ",".join(sites), str(Path(args.site_configs).resolve()), str(workspace.resolve())]
+    worker = [
+        sys.executable,
+        "-m",
+        "consortium.cli",
+        "_simulate-worker",
+        json.dumps(spec.__dict__),
+        ",".join(sites),
+        str(Path(args.site_configs).resolve()),
+        str(workspace.resolve()),
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(out / "simulate.log", "w") as log_file:
         proc = subprocess.Popen(worker, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -138,7 +154,9 @@ def cmd_simulate(args) -> int:
     print(f"done in {seconds:.0f} s. Final global model, validation Dice per site:")
     for site, m in sorted(final.items()):
         print(f"  {site:14s} {m.get(C.METRIC_DICE, float('nan')):.3f}")
-    print(f"global model: {out / C.GLOBAL_MODEL_FILE}\nmetrics:      {out / C.METRICS_FILE}\nlog:          {out / 'simulate.log'}")
+    print(f"global model: {out / C.GLOBAL_MODEL_FILE}")
+    print(f"metrics:      {out / C.METRICS_FILE}")
+    print(f"log:          {out / 'simulate.log'}")
     return 0
 
 
@@ -146,7 +164,12 @@ def cmd_simulate_worker(args) -> int:
     from consortium.jobs import JobSpec, simulate
 
     spec = JobSpec(**json.loads(args.spec))
-    result = simulate(spec, sites=args.sites.split(","), site_config_dir=Path(args.site_configs), workspace=Path(args.workspace))
+    result = simulate(
+        spec,
+        sites=args.sites.split(","),
+        site_config_dir=Path(args.site_configs),
+        workspace=Path(args.workspace),
+    )
     return 0 if result in (None, 0) else 1
 
 

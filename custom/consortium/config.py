@@ -84,7 +84,8 @@ def _build(cls, raw: Any, source: Path, prefix: str, converters: dict | None = N
         try:
             values[name] = conv(value) if conv else value
         except (TypeError, ValueError) as exc:
-            raise _fail(source, f"{prefix}.{name}", f"invalid value {value!r} ({exc})", "See site_configs/README.md.")
+            fix = "See the comments in site_configs/_defaults.yaml and the README."
+            raise _fail(source, f"{prefix}.{name}", f"invalid value {value!r} ({exc})", fix) from None
     try:
         return cls(**values)
     except TypeError as exc:
@@ -156,9 +157,7 @@ def parse_site_config(raw: dict, source: Path) -> SiteConfig:
     data_dir = Path(os.path.expanduser(str(data_raw["dir"]).format(site=name)))
     data_raw["dir"] = data_dir if data_dir.is_absolute() else (source.parent / data_dir).resolve()
     data = _build(DataConfig, data_raw, source, "data")
-    resources = _build(
-        ResourceConfig, raw.get("resources") or {}, source, "resources", {"num_threads": _positive(int)}
-    )
+    resources = _build(ResourceConfig, raw.get("resources") or {}, source, "resources", {"num_threads": _positive(int)})
     if resources.device not in ("cpu", "cuda") and not resources.device.startswith("cuda:"):
         raise _fail(source, "resources.device", f"{resources.device!r} unknown", "Use 'cpu', 'cuda' or 'cuda:N'.")
     synthetic = None
@@ -207,9 +206,7 @@ def load_site_config(site: str, config_dir: str | Path | None = None) -> SiteCon
     """Resolve one site's config from an explicit folder, else from $CONSORTIUM_SITE_CONFIGS."""
     config_dir = config_dir or os.environ.get(ENV_SITE_CONFIG_DIR)
     if not config_dir:
-        raise ConfigError(
-            f"site '{site}' has no config: set {ENV_SITE_CONFIG_DIR} to the folder holding {site}.yaml"
-        )
+        raise ConfigError(f"site '{site}' has no config: set {ENV_SITE_CONFIG_DIR} to the folder holding {site}.yaml")
     sites = load_site_configs(config_dir)
     if site not in sites:
         raise ConfigError(f"site '{site}' has no config in {config_dir}; add {site}.yaml (known: {', '.join(sites)})")

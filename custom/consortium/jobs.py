@@ -94,9 +94,9 @@ def build_job(spec: JobSpec):
     """The FLARE job for `spec`; components are class paths of the installed `consortium` package."""
     from nvflare.job_config.api import FedJob
 
+    from consortium.aggregators.weighted import WeightedAverage
     from consortium.executors.trainer import SiteTrainer
     from consortium.workflows.fedavg import ConsortiumFedAvg
-    from consortium.aggregators.weighted import WeightedAverage
 
     job = FedJob(name=spec.name, min_clients=spec.min_clients)
     job.set_app_packages(["consortium"])  # sites run the reviewed, installed package: ship no custom code

@@ -16,8 +16,23 @@ pytestmark = pytest.mark.integration
 def test_fedavg_simulation_improves_dice(tiny_sites, tmp_path):
     site_configs = next(iter(tiny_sites.values())).source.parent
     env = {**os.environ, "HOME": str(tmp_path / "home")}  # nvflare writes ~/.nvflare
-    cmd = [sys.executable, "-m", "consortium.cli", "--site-configs", str(site_configs), "--jobs", str(REPO / "jobs"),
-           "--runs", str(tmp_path / "runs"), "simulate", "fedavg", "--rounds", "2", "--local-epochs", "3"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "consortium.cli",
+        "--site-configs",
+        str(site_configs),
+        "--jobs",
+        str(REPO / "jobs"),
+        "--runs",
+        str(tmp_path / "runs"),
+        "simulate",
+        "fedavg",
+        "--rounds",
+        "2",
+        "--local-epochs",
+        "3",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "round 2/2: 2 sites reported" in proc.stdout

@@ -19,7 +19,11 @@ def test_weighted_mean_hand_computed():
 
 
 def _site(params, steps, name):
-    return FLModel(params=params, params_type=ParamsType.FULL, meta={FLMetaKey.NUM_STEPS_CURRENT_ROUND: steps, "client_name": name})
+    return FLModel(
+        params=params,
+        params_type=ParamsType.FULL,
+        meta={FLMetaKey.NUM_STEPS_CURRENT_ROUND: steps, "client_name": name},
+    )
 
 
 def test_aggregator_uses_local_steps_and_resets():

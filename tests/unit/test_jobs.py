@@ -36,7 +36,12 @@ def test_variant_states_only_differences(tmp_path):
 
 @pytest.mark.parametrize(
     "body, message",
-    [("rounds: 0\n", "'rounds'"), ("colour: red\n", "'colour'"), ("task: nope\n", "unknown task"), ("lr: fast\n", "'lr'")],
+    [
+        ("rounds: 0\n", "'rounds'"),
+        ("colour: red\n", "'colour'"),
+        ("task: nope\n", "unknown task"),
+        ("lr: fast\n", "'lr'"),
+    ],
 )
 def test_bad_job_refused(tmp_path, body, message):
     (tmp_path / "j").mkdir()

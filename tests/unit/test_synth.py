@@ -39,7 +39,10 @@ def test_deterministic_from_seed(tiny_sites, tmp_path):
     _, first = _load(cfg)
     generate_site(cfg, seed=0, size=32)
     _, again = _load(cfg)
-    assert all(np.array_equal(a[1], b[1]) and a[0].SOPInstanceUID == b[0].SOPInstanceUID for a, b in zip(first, again))
+    assert all(
+        np.array_equal(a[1], b[1]) and a[0].SOPInstanceUID == b[0].SOPInstanceUID
+        for a, b in zip(first, again, strict=True)
+    )
     generate_site(cfg, seed=1, size=32)
     _, other = _load(cfg)
     assert not np.array_equal(first[0][1], other[0][1])

@@ -19,7 +19,10 @@ def test_loaders_align_image_and_mask(tiny_sites):
     batch = next(iter(val))
     assert batch["image"].shape[1:] == (1, 32, 32) and batch["label"].shape == batch["image"].shape
     assert 0.0 <= batch["image"].min() and batch["image"].max() <= 1.0
-    lesion, organ = batch["image"][batch["label"] > 0], batch["image"][(batch["label"] == 0) & (batch["image"] > 0.4)]
+    lesion, organ = (
+        batch["image"][batch["label"] > 0],
+        batch["image"][(batch["label"] == 0) & (batch["image"] > 0.4)],
+    )
     assert lesion.mean() < organ.mean() - 0.05  # hypodense lesions at site-a: the mask sits on the lesion
     assert report.usable["val"] == len(val.dataset)
 

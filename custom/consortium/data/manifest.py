@@ -30,9 +30,7 @@ class DataReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def summary(self) -> str:
-        lines = [
-            f"{self.site}: {self.usable['train']} train / {self.usable['val']} val slices usable in {self.folder}"
-        ]
+        lines = [f"{self.site}: {self.usable['train']} train / {self.usable['val']} val slices usable in {self.folder}"]
         if self.skipped:
             reasons = Counter(reason.split(" (")[0] for _, reason in self.skipped)
             lines.append(f"  skipped {len(self.skipped)}: " + ", ".join(f"{n} x {r}" for r, n in reasons.items()))

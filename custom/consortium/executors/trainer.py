@@ -38,9 +38,17 @@ class SiteTrainer(Executor):
         # No defaults: every experiment setting is written into the exported job, none comes from the site.
         super().__init__()
         if local_epochs < 1 or lr <= 0 or batch_size < 1:
-            raise ValueError(f"SiteTrainer: need local_epochs>=1, lr>0, batch_size>=1; got {local_epochs}, {lr}, {batch_size}")
+            raise ValueError(
+                f"SiteTrainer: need local_epochs>=1, lr>0, batch_size>=1; got {local_epochs}, {lr}, {batch_size}"
+            )
         # attribute names match the args so FLARE's job exporter can read them back
-        self._task, self.local_epochs, self.lr, self.batch_size, self.seed = task, local_epochs, lr, batch_size, seed
+        self._task, self.local_epochs, self.lr, self.batch_size, self.seed = (
+            task,
+            local_epochs,
+            lr,
+            batch_size,
+            seed,
+        )
         self._ready = False
 
     def _setup(self, fl_ctx: FLContext) -> None:
@@ -102,8 +110,9 @@ class SiteTrainer(Executor):
         }
         self.log_info(
             fl_ctx,
-            f"{self.site_cfg.name} round {incoming.current_round}: Dice of received model {received_dice:.3f}, after local training "
-            f"{local_dice:.3f}; loss {result.loss:.3f}, {result.steps} steps in {result.seconds:.1f} s",
+            f"{self.site_cfg.name} round {incoming.current_round}: Dice of received model {received_dice:.3f}, "
+            f"after local training {local_dice:.3f}; loss {result.loss:.3f}, "
+            f"{result.steps} steps in {result.seconds:.1f} s",
         )
         out = FLModel(
             params=self.local_params,
@@ -118,7 +127,10 @@ class SiteTrainer(Executor):
         load_numpy_state(self.model, incoming.params)
         start = time.perf_counter()
         dice = self.task.evaluate(self.model, self.val_loader, device=self.device)
-        self.log_info(fl_ctx, f"{self.site_cfg.name}: validation Dice {dice:.3f} on {len(self.val_loader.dataset)} slices")
+        self.log_info(
+            fl_ctx,
+            f"{self.site_cfg.name}: validation Dice {dice:.3f} on {len(self.val_loader.dataset)} slices",
+        )
         metrics = {C.METRIC_DICE: dice, C.METRIC_NUM_VAL: len(self.val_loader.dataset)}
         metrics["validate_seconds"] = time.perf_counter() - start
         return FLModelUtils.to_shareable(FLModel(metrics=metrics))

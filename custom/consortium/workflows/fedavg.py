@@ -76,7 +76,9 @@ class ConsortiumFedAvg(FedAvg):
             for res in results:
                 site = (res.meta or {}).get("client_name", "?")
                 self._history["final"][site] = dict(res.metrics or {})
-            shown = ", ".join(f"{s} {m.get(C.METRIC_DICE, float('nan')):.3f}" for s, m in self._history["final"].items())
+            shown = ", ".join(
+                f"{s} {m.get(C.METRIC_DICE, float('nan')):.3f}" for s, m in self._history["final"].items()
+            )
             self.info(f"[progress] final global model, validation Dice per site: {shown}")
             self._write_history()
 
