@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,17 @@ class ResourceConfig:
     device: str = "cpu"
 
 
+ROLES = ("project_admin", "org_admin", "lead", "member")  # FLARE admin roles
+
+
+@dataclass(frozen=True)
+class AuthorizationConfig:
+    """Who may run jobs at this site, written into the site's kit as FLARE's local/authorization.json."""
+
+    submit_roles: tuple[str, ...] = ("project_admin", "lead")
+    allow_custom_code: bool = False  # jobs that ship code in app/custom ("BYOC") are refused
+
+
 @dataclass(frozen=True)
 class SyntheticProfile:
     """How the demo generator simulates this hospital's scanner and cohort (generated data only)."""
@@ -60,6 +71,7 @@ class SiteConfig:
     resources: ResourceConfig
     synthetic: SyntheticProfile | None
     source: Path
+    authorization: AuthorizationConfig = AuthorizationConfig()
 
     @property
     def manifest_path(self) -> Path:
@@ -129,6 +141,20 @@ def _fraction(value):
     return value
 
 
+def _roles(value):
+    roles = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+    bad = [r for r in roles if r not in ROLES]
+    if bad:
+        raise ValueError(f"unknown role(s) {bad}; FLARE roles are {', '.join(ROLES)}")
+    return roles
+
+
+def _bool(value):
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
 def _radius(value):
     lo, hi = (float(v) for v in value)
     if not 0 < lo <= hi:
@@ -144,7 +170,7 @@ def parse_site_config(raw: dict, source: Path) -> SiteConfig:
         raise _fail(source, "site", f"'{name}' differs from the file name", f"Rename the file to {name}.yaml.")
     if not SITE_NAME_RE.match(name):
         raise _fail(source, "site", f"'{name}' is not a valid FLARE site name", "Use letters, digits, '-', '_'.")
-    known = {"org", "data", "resources", "synthetic"}
+    known = {"org", "data", "resources", "synthetic", "authorization"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise _fail(source, unknown[0], "unknown key", f"Allowed top-level keys: site, {', '.join(sorted(known))}.")
@@ -160,6 +186,13 @@ def parse_site_config(raw: dict, source: Path) -> SiteConfig:
     resources = _build(ResourceConfig, raw.get("resources") or {}, source, "resources", {"num_threads": _positive(int)})
     if resources.device not in ("cpu", "cuda") and not resources.device.startswith("cuda:"):
         raise _fail(source, "resources.device", f"{resources.device!r} unknown", "Use 'cpu', 'cuda' or 'cuda:N'.")
+    authorization = _build(
+        AuthorizationConfig,
+        raw.get("authorization") or {},
+        source,
+        "authorization",
+        {"submit_roles": _roles, "allow_custom_code": _bool},
+    )
     synthetic = None
     if raw.get("synthetic") is not None:
         synthetic = _build(
@@ -179,7 +212,28 @@ def parse_site_config(raw: dict, source: Path) -> SiteConfig:
                 "val_fraction": _fraction,
             },
         )
-    return SiteConfig(name=name, org=org, data=data, resources=resources, synthetic=synthetic, source=source)
+    return SiteConfig(
+        name=name,
+        org=org,
+        data=data,
+        resources=resources,
+        synthetic=synthetic,
+        source=source,
+        authorization=authorization,
+    )
+
+
+def site_config_dict(cfg: SiteConfig) -> dict:
+    """The resolved config as plain YAML-able data (absolute data path), as a site's kit carries it."""
+    out = {"site": cfg.name, "org": cfg.org}
+    out["data"] = {"dir": str(cfg.data.dir), "manifest": cfg.data.manifest, "modality": cfg.data.modality}
+    out["resources"] = asdict(cfg.resources)
+    auth = asdict(cfg.authorization)
+    out["authorization"] = {**auth, "submit_roles": list(auth["submit_roles"])}
+    if cfg.synthetic is not None:
+        syn = asdict(cfg.synthetic)
+        out["synthetic"] = {**syn, "lesion_radius": list(syn["lesion_radius"])}
+    return out
 
 
 def load_site_configs(config_dir: str | Path) -> dict[str, SiteConfig]:

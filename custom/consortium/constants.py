@@ -14,7 +14,8 @@ METRIC_NUM_VAL = "num_val"
 METRIC_SECONDS = "train_seconds"
 
 # Environment variables read by site processes.
-ENV_SITE_CONFIG_DIR = "CONSORTIUM_SITE_CONFIGS"  # folder with _defaults.yaml and <site>.yaml
+ENV_SITE_CONFIG_DIR = "CONSORTIUM_SITE_CONFIGS"  # folder with _defaults.yaml and <site>.yaml (simulator)
+KIT_SITE_CONFIG_FOLDER = "consortium"  # <kit>/local/consortium/<site>.yaml, written by `consortium provision`
 
 # Files written by the server workflow into its run directory.
 GLOBAL_MODEL_FILE = "global_model.pt"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
 import torch
 from nvflare.apis.executor import Executor
-from nvflare.apis.fl_constant import FLMetaKey, ReturnCode
+from nvflare.apis.fl_constant import FLContextKey, FLMetaKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.signal import Signal
@@ -17,6 +18,16 @@ from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 from consortium import constants as C
 from consortium.config import load_site_config
 from consortium.tasks import get_task
+
+
+def site_config_dir(fl_ctx: FLContext) -> str | None:
+    """A kit's `local/consortium/` (written by `consortium provision`), else None for $CONSORTIUM_SITE_CONFIGS."""
+    workspace = fl_ctx.get_prop(FLContextKey.WORKSPACE_OBJECT)
+    if workspace is not None and not os.environ.get(C.ENV_SITE_CONFIG_DIR):
+        folder = os.path.join(workspace.get_site_config_dir(), C.KIT_SITE_CONFIG_FOLDER)
+        if os.path.isdir(folder):
+            return folder
+    return None
 
 
 def state_to_numpy(model: torch.nn.Module) -> dict[str, np.ndarray]:
@@ -53,7 +64,7 @@ class SiteTrainer(Executor):
 
     def _setup(self, fl_ctx: FLContext) -> None:
         site = fl_ctx.get_identity_name()
-        self.site_cfg = load_site_config(site)
+        self.site_cfg = load_site_config(site, site_config_dir(fl_ctx))
         torch.set_num_threads(self.site_cfg.resources.num_threads)
         torch.manual_seed(self.seed)
         self.device = self.site_cfg.resources.device

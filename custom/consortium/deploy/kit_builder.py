@@ -1,0 +1,92 @@
+"""A FLARE provisioning Builder that writes each site's own policies into its kit's `local/` before signing."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import yaml
+from nvflare.lighter.ctx import ProvisionContext
+from nvflare.lighter.entity import Project
+from nvflare.lighter.spec import Builder
+
+from consortium import constants as C
+from consortium.config import ROLES, SiteConfig, load_site_configs, site_config_dict
+from consortium.deploy.policy import class_allow_list
+
+# Rights per FLARE role when a role may submit jobs to a site (FLARE's defaults for `lead`).
+_SUBMITTER_RIGHTS = {
+    "submit_job": "any",
+    "clone_job": "n:submitter",
+    "manage_job": "n:submitter",
+    "download_job": "n:submitter",
+    "view": "any",
+    "operate": "o:site",
+    "shell_commands": "o:site",
+}
+
+
+def authorization_policy(cfg: SiteConfig) -> dict:
+    """FLARE `local/authorization.json` for a site: who may run jobs there, and whether jobs may ship code."""
+    permissions = {}
+    for role in ROLES:
+        if role in cfg.authorization.submit_roles:
+            rights = dict(_SUBMITTER_RIGHTS)
+            if role == "project_admin":
+                rights.update(clone_job="any", manage_job="any", download_job="any", operate="any")
+        else:
+            rights = {"submit_job": "none", "view": "any"}
+        rights["byoc"] = "any" if cfg.authorization.allow_custom_code and role in cfg.authorization.submit_roles else "none"
+        permissions[role] = rights
+    return {"format_version": "1.0", "permissions": permissions}
+
+
+def _resources(local_dir: str) -> dict:
+    default = os.path.join(local_dir, "resources.json.default")
+    with open(default) as f:
+        resources = json.load(f)
+    resources["class_allow_list"] = class_allow_list()
+    resources["class_list_enforcement_mode"] = "enforce"
+    return resources
+
+
+def _server_storage(resources: dict, storage_root: str) -> None:
+    """Keep the server's job and snapshot storage inside the consortium workspace, not /tmp/nvflare."""
+    resources["snapshot_persistor"]["args"]["storage"]["args"]["root_dir"] = os.path.join(storage_root, "snapshots")
+    for comp in resources.get("components", []):
+        if comp.get("id") == "job_manager":
+            comp["args"]["uri_root"] = os.path.join(storage_root, "jobs")
+
+
+def _write_json(path: str, data: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2)
+
+
+class ConsortiumKitBuilder(Builder):
+    """Writes site policies into every kit; must run after StaticFileBuilder and before SignatureBuilder."""
+
+    def __init__(self, site_configs: str, storage_root: str):
+        self.site_configs = site_configs
+        self.storage_root = storage_root
+
+    def build(self, project: Project, ctx: ProvisionContext):
+        sites = load_site_configs(self.site_configs)
+        clients = {p.name for p in project.get_clients()}
+        if clients != set(sites):
+            raise ValueError(f"project clients {sorted(clients)} differ from site configs {sorted(sites)}")
+        server = project.get_server()
+        local = ctx.get_local_dir(server)
+        resources = _resources(local)
+        _server_storage(resources, self.storage_root)
+        _write_json(os.path.join(local, "resources.json"), resources)
+        for client in project.get_clients():
+            cfg = sites[client.name]
+            local = ctx.get_local_dir(client)
+            _write_json(os.path.join(local, "resources.json"), _resources(local))
+            _write_json(os.path.join(local, "authorization.json"), authorization_policy(cfg))
+            folder = os.path.join(local, C.KIT_SITE_CONFIG_FOLDER)
+            os.makedirs(folder, exist_ok=True)
+            with open(os.path.join(folder, f"{cfg.name}.yaml"), "w") as f:
+                f.write(f"# {cfg.name}'s resolved site config, from {cfg.source.name} at provisioning time.\n")
+                yaml.safe_dump(site_config_dict(cfg), f, sort_keys=False)
