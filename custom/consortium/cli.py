@@ -15,10 +15,14 @@ from pathlib import Path
 from consortium import constants as C
 from consortium.config import ConfigError, load_site_configs
 from consortium.data.manifest import DataError
+from consortium.deploy.admin import AdminError
+from consortium.deploy.poc import PocError
 
 DEFAULT_SITE_CONFIGS = "site_configs"
 DEFAULT_JOBS = "jobs"
 DEFAULT_RUNS = "runs"
+DEFAULT_WORKSPACE = "workspace"
+DEFAULT_CONSORTIUM = "provisioning/consortium.yaml"
 
 
 def _sites(args) -> dict:
@@ -189,11 +193,180 @@ def cmd_baseline(args) -> int:
     return 0
 
 
+def _paths(args):
+    from consortium.deploy.poc import PocPaths
+
+    return PocPaths(Path(args.workspace).resolve() / "poc-consortium")
+
+
+def _state(args) -> dict:
+    from consortium.deploy.poc import PocError, read_state
+
+    state = read_state(_paths(args))
+    if state is None:
+        raise PocError("the consortium is not up: run `consortium poc up` first")
+    return state
+
+
+def _session(args):
+    from consortium.deploy.admin import session
+    from consortium.deploy.poc import admin_kit
+
+    state = _state(args)
+    return session(state["admin"], admin_kit(_paths(args), state))
+
+
+def cmd_provision(args) -> int:
+    from consortium.deploy.provision import load_consortium, project_dict, run_provision, write_project
+
+    defn = load_consortium(args.consortium)
+    sites = load_site_configs(args.site_configs)
+    out = Path(args.workspace).resolve() / "prod"
+    project = project_dict(defn, sites, site_configs=Path(args.site_configs), storage_root=out / "storage")
+    changes = write_project(project, out / "project.yml")
+    start = time.perf_counter()
+    prod = run_provision(out / "project.yml", out)
+    print(f"project.yml ({out / 'project.yml'}): {', '.join(changes) if changes else 'unchanged since last time'}")
+    print(f"startup kits in {prod} [{time.perf_counter() - start:.1f} s]:")
+    for kit in sorted(p for p in prod.iterdir() if p.is_dir()):
+        print(f"  {kit.name}")
+    print("Give each participant only its own kit; keep them secret (they hold private keys).")
+    return 0
+
+
+def cmd_kit_verify(args) -> int:
+    from consortium.deploy.kits import verify_kit
+
+    kit = Path(args.path)
+    problems, checked = verify_kit(kit)
+    if not checked and (kit / "startup" / "fl_admin.sh").exists():
+        print(f"{kit}: admin kit; FLARE does not sign admin kits (the server checks its certificate at login)")
+        return 0
+    for problem in problems:
+        print(f"FAIL {problem}")
+    if problems:
+        print(f"{kit}: {len(problems)} problem(s); re-provision or restore the kit from its original copy")
+        return 1
+    print(f"{kit}: OK, every signed file intact ({', '.join(checked)})")
+    return 0
+
+
+def cmd_poc_up(args) -> int:
+    from consortium.deploy import poc
+    from consortium.deploy.admin import clients
+
+    paths = _paths(args)
+    print(f"starting the local consortium (server + {len(load_site_configs(args.site_configs))} hospitals) ...")
+    state = poc.up(paths, consortium_file=Path(args.consortium), site_configs=Path(args.site_configs))
+    with _session(args) as sess:
+        registered = clients(sess)
+    print(f"up in {state['ready_seconds']:.0f} s: server on 127.0.0.1:{state['ports'][0]} (admin {state['ports'][1]})")
+    print(f"registered sites: {', '.join(registered)}")
+    print(f"kits and logs: {paths.prod(state['project'])}")
+    return 0
+
+
+def cmd_poc_down(args) -> int:
+    from consortium.deploy import poc
+
+    print("stopped" if poc.down(_paths(args)) else "no consortium was running from this workspace")
+    return 0
+
+
+def cmd_submit(args) -> int:
+    from consortium.deploy.admin import download as download_results
+    from consortium.deploy.admin import follow, site_errors
+    from consortium.jobs import export_job, load_job_spec
+
+    spec = load_job_spec(args.job, args.jobs)
+    if args.rounds:
+        spec = replace(spec, rounds=args.rounds)
+    folder = export_job(spec, Path(args.workspace) / "jobs")
+    with _session(args) as sess:
+        job_id = sess.submit_job(str(folder.resolve()))
+        print(f"submitted job '{spec.name}' as {job_id}")
+        if args.no_wait:
+            return 0
+        start = time.perf_counter()
+        status = follow(sess, job_id, timeout=args.timeout)
+        print(f"job {job_id}: {status} after {time.perf_counter() - start:.0f} s")
+        if status != "FINISHED:COMPLETED":
+            for site, lines in site_errors(sess, job_id).items():
+                print(f"  {site}:")
+                for line in lines[-5:]:
+                    print(f"    {line}")
+            return 1
+        out = download_results(sess, job_id, Path(args.runs) / spec.name)
+    history = json.loads((out / C.METRICS_FILE).read_text())
+    print("final global model, validation Dice per site:")
+    for site, m in sorted(history.get("final", {}).items()):
+        print(f"  {site:14s} {m.get(C.METRIC_DICE, float('nan')):.3f}")
+    print(f"global model: {out / C.GLOBAL_MODEL_FILE}")
+    print(f"metrics:      {out / C.METRICS_FILE}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    from consortium.deploy.admin import site_errors
+
+    with _session(args) as sess:
+        info = sess.get_system_info()
+        print(f"server: {info.server_info.status}")
+        print("sites:  " + ", ".join(sorted(c.name for c in info.client_info)))
+        jobs = sess.list_jobs()
+        for job in jobs:
+            print(f"job {job.get('job_id')}  {job.get('job_name', ''):12s} {job.get('status')}")
+        failed = [j for j in jobs if str(j.get("status", "")).startswith("FINISHED") and "COMPLETED" not in j["status"]]
+        for job in failed[-1:]:
+            print(f"errors of job {job['job_id']}:")
+            for site, lines in site_errors(sess, job["job_id"]).items():
+                print(f"  {site}: {lines[-1]}")
+    return 0
+
+
+def cmd_logs(args) -> int:
+    with _session(args) as sess:
+        job_id = args.job_id or (sess.list_jobs() or [{}])[-1].get("job_id")
+        if not job_id:
+            print("no jobs yet")
+            return 0
+        logs = sess.get_job_logs(job_id, target=args.site or "all")
+        for site, text in sorted((logs.get("logs") or {}).items()):
+            lines = str(text).splitlines()
+            if args.errors:
+                lines = [ln for ln in lines if " ERROR " in ln]
+            print(f"==== {site} (job {job_id}) ====")
+            print("\n".join(lines[-args.tail :]))
+        for site, why in (logs.get("unavailable") or {}).items():
+            print(f"==== {site}: log unavailable: {why}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Generate data if missing, bring the consortium up, run the job through the admin API, shut down."""
+    from consortium.deploy import poc
+
+    args.force, args.seed, args.size, args.patients, args.sites = False, 0, 64, None, None
+    cmd_data_synth(args)
+    try:
+        cmd_poc_up(args)
+        args.no_wait, args.rounds = False, None
+        return cmd_submit(args)
+    except KeyboardInterrupt:
+        print("interrupted: shutting the consortium down")
+        return 130
+    finally:
+        poc.down(_paths(args))
+        print("consortium stopped; no process left running")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="consortium", description=__doc__)
     p.add_argument("--site-configs", default=DEFAULT_SITE_CONFIGS, help="folder with _defaults.yaml and <site>.yaml")
     p.add_argument("--jobs", default=DEFAULT_JOBS, help="folder with one <job>/job.yaml per experiment")
-    p.add_argument("--runs", default=DEFAULT_RUNS, help="where results and workspaces are written")
+    p.add_argument("--runs", default=DEFAULT_RUNS, help="where results are written")
+    p.add_argument("--workspace", default=DEFAULT_WORKSPACE, help="kits, POC workspace and exported jobs (secret)")
+    p.add_argument("--consortium", default=DEFAULT_CONSORTIUM, help="the consortium definition")
     sub = p.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="generate or check hospital data").add_subparsers(dest="action", required=True)
@@ -227,6 +400,40 @@ def build_parser() -> argparse.ArgumentParser:
         worker.add_argument(name)
     worker.set_defaults(fn=cmd_simulate_worker)
 
+    sub.add_parser("provision", help="write project.yml and signed startup kits").set_defaults(fn=cmd_provision)
+    kit = sub.add_parser("kit", help="startup kit checks").add_subparsers(dest="action", required=True)
+    verify = kit.add_parser("verify", help="check a kit's signatures; names every file that fails")
+    verify.add_argument("path")
+    verify.set_defaults(fn=cmd_kit_verify)
+
+    poc_cmd = sub.add_parser("poc", help="a real local consortium (FLARE POC)").add_subparsers(
+        dest="action", required=True
+    )
+    poc_cmd.add_parser("up", help="provision POC kits, start server + hospitals, wait for registration").set_defaults(
+        fn=cmd_poc_up
+    )
+    poc_cmd.add_parser("down", help="stop every process of the local consortium").set_defaults(fn=cmd_poc_down)
+
+    submit = sub.add_parser("submit", help="submit a job through the FLARE admin API and follow it")
+    submit.add_argument("job")
+    submit.add_argument("--rounds", type=int, help="override the job's rounds")
+    submit.add_argument("--no-wait", action="store_true", help="return after submitting")
+    submit.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the job (default 1800)")
+    submit.set_defaults(fn=cmd_submit)
+    sub.add_parser("status", help="server, registered sites, jobs, and errors of the last failed job").set_defaults(
+        fn=cmd_status
+    )
+    logs = sub.add_parser("logs", help="a job's logs from the server and every site (admin API)")
+    logs.add_argument("job_id", nargs="?", help="default: the latest job")
+    logs.add_argument("--site", help="one site (or 'server'); default all")
+    logs.add_argument("--errors", action="store_true", help="only ERROR lines")
+    logs.add_argument("--tail", type=int, default=40, help="last N lines per site (default 40)")
+    logs.set_defaults(fn=cmd_logs)
+    demo = sub.add_parser("demo", help="data + local consortium + FedAvg job via the admin API + shutdown")
+    demo.add_argument("--job", default="fedavg")
+    demo.add_argument("--timeout", type=float, default=1800)
+    demo.set_defaults(fn=cmd_demo)
+
     base = sub.add_parser("baseline", help="train without federation: each site alone, or pooled data")
     base.add_argument("kind", choices=["local", "pooled"])
     base.add_argument("--job", default="fedavg", help="job whose settings to copy (default fedavg)")
@@ -240,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError, PocError, AdminError) as exc:
         print(f"ERROR {exc}", file=sys.stderr)
         return 2
 

@@ -36,17 +36,22 @@ def authorization_policy(cfg: SiteConfig) -> dict:
                 rights.update(clone_job="any", manage_job="any", download_job="any", operate="any")
         else:
             rights = {"submit_job": "none", "view": "any"}
-        rights["byoc"] = "any" if cfg.authorization.allow_custom_code and role in cfg.authorization.submit_roles else "none"
+        rights["byoc"] = (
+            "any" if cfg.authorization.allow_custom_code and role in cfg.authorization.submit_roles else "none"
+        )
         permissions[role] = rights
     return {"format_version": "1.0", "permissions": permissions}
 
 
 def _resources(local_dir: str) -> dict:
+    """The kit's resources with the allow-list admitting `consortium.`; also written back to
+    resources.json.default, because `nvflare poc prepare` regenerates the server's resources.json from it."""
     default = os.path.join(local_dir, "resources.json.default")
     with open(default) as f:
         resources = json.load(f)
     resources["class_allow_list"] = class_allow_list()
     resources["class_list_enforcement_mode"] = "enforce"
+    _write_json(default, resources)
     return resources
 
 

@@ -1,0 +1,89 @@
+"""The consortium admin's side: FLARE admin API sessions to submit, follow, inspect and download jobs."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from consortium import constants as C
+
+DONE_PREFIX = "FINISHED"
+
+
+class AdminError(RuntimeError):
+    """The admin API cannot do what was asked; the message says what to do."""
+
+
+@contextmanager
+def session(admin: str, kit: Path, timeout: float = 30.0):
+    """An authenticated admin API session from an admin startup kit (mTLS client certificate)."""
+    from nvflare.fuel.flare_api.flare_api import new_secure_session
+
+    if not (kit / "startup").is_dir():
+        raise AdminError(f"admin kit {kit} not found: bring the consortium up with `consortium poc up`")
+    try:
+        sess = new_secure_session(admin, str(kit), timeout=timeout)
+    except Exception as exc:
+        raise AdminError(f"cannot reach the FLARE server with {kit} ({exc}); is the consortium up?") from None
+    try:
+        yield sess
+    finally:
+        sess.close()
+
+
+def clients(sess) -> list[str]:
+    return sorted(c.name for c in sess.get_system_info().client_info)
+
+
+def _lines(logs: dict, marker: str) -> list[str]:
+    out = []
+    for text in (logs.get("logs") or {}).values():
+        if isinstance(text, str):
+            out += [marker + ln.split(marker, 1)[1] for ln in text.splitlines() if marker in ln]
+    return out
+
+
+def site_errors(sess, job_id: str) -> dict[str, list[str]]:
+    """ERROR lines from every site's and the server's job log, as the server's log store holds them."""
+    logs = sess.get_job_logs(job_id, target="all")
+    errors = {}
+    for site, text in (logs.get("logs") or {}).items():
+        if isinstance(text, str):
+            found = [ln for ln in text.splitlines() if " ERROR " in ln or "Error:" in ln]
+            if found:
+                errors[site] = found
+    return errors
+
+
+def follow(sess, job_id: str, *, timeout: float, log=print, poll: float = 3.0) -> str:
+    """Print the server's per-round progress lines while the job runs; return its final status."""
+    shown, deadline = 0, time.time() + timeout
+    status = sess.get_job_meta(job_id).get("status", "")
+    while True:
+        status = sess.get_job_meta(job_id).get("status", "")
+        try:
+            lines = _lines(sess.get_job_logs(job_id, target="server"), "[progress]")
+        except Exception:  # the log store may not have the job yet
+            lines = []
+        for line in lines[shown:]:
+            log("  " + line.strip())
+        shown = max(shown, len(lines))
+        if status.startswith(DONE_PREFIX):
+            return status
+        if time.time() > deadline:
+            raise AdminError(f"job {job_id} still {status} after {timeout:.0f} s; abort it with `consortium abort`")
+        time.sleep(poll)
+
+
+def download(sess, job_id: str, dest: Path) -> Path:
+    """Download the job's results and copy the global model and metrics to `dest`."""
+    folder = Path(sess.download_job_result(job_id))
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in (C.GLOBAL_MODEL_FILE, C.METRICS_FILE):
+        found = list(folder.rglob(name))
+        if found:
+            shutil.copy2(found[0], dest / name)
+    shutil.copytree(folder, dest / "download", dirs_exist_ok=True)
+    return dest

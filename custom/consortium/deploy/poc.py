@@ -1,0 +1,201 @@
+"""A real local consortium with FLARE's own POC machinery: prepare from our project.yml, start, stop, clean up.
+
+FLARE's `nvflare poc prepare -i project.yml` provisions the kits (our kit builder writes each site's
+policies into them); `nvflare poc start/stop` run and stop the server and hospitals over mTLS on loopback.
+This module adds what POC lacks: free ports, an isolated HOME, readiness, stale-process clean-up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from consortium.config import load_site_configs
+from consortium.deploy.provision import ConsortiumDef, load_consortium, project_dict, write_project
+
+
+class PocError(RuntimeError):
+    """The local consortium cannot be brought up, reached or stopped; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class PocPaths:
+    root: Path
+
+    @property
+    def project_yml(self) -> Path:
+        return self.root / "project.yml"
+
+    @property
+    def poc(self) -> Path:
+        return self.root / "poc"
+
+    @property
+    def home(self) -> Path:
+        return self.root / "home"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def prod(self, project: str) -> Path:
+        return self.poc / project / "prod_00"
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def choose_ports(defn: ConsortiumDef, *, strict: bool = False) -> tuple[int, int]:
+    """The configured ports if free; else free ones (or an error naming the port if `strict`)."""
+    wanted = (defn.fed_learn_port, defn.admin_port)
+    busy = [p for p in wanted if not port_free(p)]
+    if not busy:
+        return wanted
+    if strict:
+        raise PocError(f"port(s) {busy} on 127.0.0.1 are in use; free them or change server ports in {defn.source}")
+    fed, admin = free_port(), free_port()
+    while admin == fed:
+        admin = free_port()
+    return fed, admin
+
+
+def nvflare_env(paths: PocPaths) -> dict:
+    """Environment for nvflare commands: POC workspace and a HOME of its own (nvflare writes ~/.nvflare)."""
+    paths.home.mkdir(parents=True, exist_ok=True)
+    # The kits' start scripts run `python3` from PATH: make it this interpreter, which has `consortium` installed.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return {**os.environ, "NVFLARE_POC_WORKSPACE": str(paths.poc), "HOME": str(paths.home), "PATH": path}
+
+
+def _nvflare(args: list[str], paths: PocPaths, *, timeout: float, log_name: str, new_group: bool = False):
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    log = paths.logs / log_name
+    cmd = [sys.executable, "-m", "nvflare.cli", *args]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=nvflare_env(paths), start_new_session=new_group
+        )
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+    return proc, code, log
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def kill_group(pgid: int, grace: float = 10.0) -> None:
+    """SIGTERM the process group we started, then SIGKILL what is left after `grace` seconds."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        if not group_alive(pgid):
+            return
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.time() + wait
+        while time.time() < deadline and group_alive(pgid):
+            time.sleep(0.2)
+
+
+def read_state(paths: PocPaths) -> dict | None:
+    return json.loads(paths.state.read_text()) if paths.state.exists() else None
+
+
+def down(paths: PocPaths, *, log=print) -> bool:
+    """Stop the consortium started from `paths`: FLARE's `poc stop`, then our process group. True if one ran."""
+    state = read_state(paths)
+    if state is None:
+        return False
+    _nvflare(["poc", "stop"], paths, timeout=60, log_name="poc_stop.log")
+    pgid = state.get("pgid")
+    if pgid and group_alive(pgid):
+        kill_group(pgid)
+    for port in state.get("ports", []):
+        deadline = time.time() + 15
+        while not port_free(port) and time.time() < deadline:
+            time.sleep(0.5)
+        if not port_free(port):
+            log(f"warning: port {port} is still in use after stopping the consortium")
+    paths.state.unlink(missing_ok=True)
+    return True
+
+
+def up(
+    paths: PocPaths,
+    *,
+    consortium_file: Path,
+    site_configs: Path,
+    timeout: float = 180.0,
+    log=print,
+) -> dict:
+    """Prepare kits from our definitions, start server + hospitals, wait until all are registered."""
+    if read_state(paths):
+        log("found a consortium started earlier from this workspace: stopping it first")
+        down(paths, log=log)
+    defn = load_consortium(consortium_file)
+    sites = load_site_configs(site_configs)
+    ports = choose_ports(defn)
+    if ports != (defn.fed_learn_port, defn.admin_port):
+        log(f"configured ports busy; using free ports {ports[0]} (fed_learn) and {ports[1]} (admin)")
+    project = project_dict(defn, sites, site_configs=site_configs, storage_root=paths.poc / "storage", ports=ports)
+    changes = write_project(project, paths.project_yml)
+    log(f"project.yml: {', '.join(changes) if changes else 'unchanged'}")
+    _, code, prep_log = _nvflare(
+        ["poc", "prepare", "-i", str(paths.project_yml), "--force"], paths, timeout=120, log_name="poc_prepare.log"
+    )
+    if code != 0:
+        raise PocError(f"nvflare poc prepare failed (exit {code}); see {prep_log}")
+    start = time.time()
+    proc, code, start_log = _nvflare(
+        ["poc", "start", "--timeout", str(int(timeout))],
+        paths,
+        timeout=timeout + 30,
+        log_name="poc_start.log",
+        new_group=True,  # every process of the consortium shares this group: `down` can always stop it
+    )
+    state = {"pgid": proc.pid, "ports": list(ports), "project": defn.project, "sites": list(sites)}
+    paths.state.write_text(json.dumps(state, indent=1))
+    if code != 0:
+        down(paths, log=log)
+        raise PocError(f"the consortium did not become ready in {timeout:.0f} s (exit {code}); see {start_log}")
+    state["ready_seconds"] = time.time() - start
+    state["admin"] = next(a.name for a in defn.admins if a.role == "project_admin")
+    paths.state.write_text(json.dumps(state, indent=1))
+    return state
+
+
+def admin_kit(paths: PocPaths, state: dict) -> Path:
+    return paths.prod(state["project"]) / state["admin"]
