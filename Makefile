@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 PYTHON ?= python3
 
-.PHONY: setup demo test test-all lint clean
+.PHONY: setup demo simulate test test-all lint clean
 
 setup: $(STAMP)
 
@@ -19,7 +19,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
+# Data (if missing) -> local consortium (server + 3 hospitals, mTLS on loopback) -> FedAvg job via the
+# FLARE admin API -> results in runs/fedavg/ -> shutdown (also on failure or Ctrl-C).
 demo: setup
+	$(VENV)/bin/consortium demo
+
+# The same job in the FLARE simulator (no kits, no network).
+simulate: setup
 	$(VENV)/bin/consortium data synth
 	$(VENV)/bin/consortium simulate fedavg
 
@@ -33,4 +39,5 @@ lint: setup
 	$(VENV)/bin/ruff check custom tests bench
 
 clean:
-	rm -rf runs build data
+	-[ -x $(VENV)/bin/consortium ] && $(VENV)/bin/consortium poc down
+	rm -rf runs build data workspace

@@ -17,6 +17,7 @@ from consortium.config import ConfigError, load_site_configs
 from consortium.data.manifest import DataError
 from consortium.deploy.admin import AdminError
 from consortium.deploy.poc import PocError
+from consortium.deploy.provision import ProvisionError
 
 DEFAULT_SITE_CONFIGS = "site_configs"
 DEFAULT_JOBS = "jobs"
@@ -291,10 +292,9 @@ def cmd_submit(args) -> int:
         status = follow(sess, job_id, timeout=args.timeout)
         print(f"job {job_id}: {status} after {time.perf_counter() - start:.0f} s")
         if status != "FINISHED:COMPLETED":
-            for site, lines in site_errors(sess, job_id).items():
-                print(f"  {site}:")
-                for line in lines[-5:]:
-                    print(f"    {line}")
+            for line in site_errors(sess, job_id):
+                print(f"  {line}")
+            print(f"details: consortium logs {job_id}")
             return 1
         out = download_results(sess, job_id, Path(args.runs) / spec.name)
     history = json.loads((out / C.METRICS_FILE).read_text())
@@ -311,34 +311,47 @@ def cmd_status(args) -> int:
 
     with _session(args) as sess:
         info = sess.get_system_info()
-        print(f"server: {info.server_info.status}")
+        running = info.server_info.status != "stopped"  # FLARE reports an idle server as 'stopped'
+        print(f"server: up, {'running a job' if running else 'idle'}")
         print("sites:  " + ", ".join(sorted(c.name for c in info.client_info)))
         jobs = sess.list_jobs()
         for job in jobs:
             print(f"job {job.get('job_id')}  {job.get('job_name', ''):12s} {job.get('status')}")
-        failed = [j for j in jobs if str(j.get("status", "")).startswith("FINISHED") and "COMPLETED" not in j["status"]]
-        for job in failed[-1:]:
-            print(f"errors of job {job['job_id']}:")
-            for site, lines in site_errors(sess, job["job_id"]).items():
-                print(f"  {site}: {lines[-1]}")
+        for job in jobs:
+            errors = site_errors(sess, job["job_id"])
+            if errors:
+                print(f"errors reported by sites in job {job['job_id']}:")
+                for line in errors:
+                    print(f"  {line}")
     return 0
 
 
 def cmd_logs(args) -> int:
+    """Job logs through the admin API; sites whose logs the server does not hold are read from the
+    local POC kits (on one machine they are all here)."""
+    from consortium.deploy.poc import read_state
+
     with _session(args) as sess:
         job_id = args.job_id or (sess.list_jobs() or [{}])[-1].get("job_id")
         if not job_id:
             print("no jobs yet")
             return 0
         logs = sess.get_job_logs(job_id, target=args.site or "all")
-        for site, text in sorted((logs.get("logs") or {}).items()):
-            lines = str(text).splitlines()
-            if args.errors:
-                lines = [ln for ln in lines if " ERROR " in ln]
-            print(f"==== {site} (job {job_id}) ====")
-            print("\n".join(lines[-args.tail :]))
-        for site, why in (logs.get("unavailable") or {}).items():
-            print(f"==== {site}: log unavailable: {why}")
+    texts = {site: (str(text), "admin API") for site, text in (logs.get("logs") or {}).items()}
+    state = read_state(_paths(args))
+    sites = [args.site] if args.site else state.get("sites", [])
+    for site in sites:
+        local = _paths(args).prod(state["project"]) / site / job_id / "log.txt"
+        if site not in texts and local.exists():
+            texts[site] = (local.read_text(errors="replace"), f"POC kit {local}")
+    for site, (text, origin) in sorted(texts.items()):
+        lines = text.splitlines()
+        if args.errors:
+            lines = [ln for ln in lines if " ERROR " in ln]
+        print(f"==== {site} (job {job_id}, from {origin}) ====")
+        print("\n".join(lines[-args.tail :]))
+    for site in sorted(set(sites) - set(texts)):
+        print(f"==== {site}: no log for job {job_id}")
     return 0
 
 
@@ -420,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--no-wait", action="store_true", help="return after submitting")
     submit.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the job (default 1800)")
     submit.set_defaults(fn=cmd_submit)
-    sub.add_parser("status", help="server, registered sites, jobs, and errors of the last failed job").set_defaults(
+    sub.add_parser("status", help="server, registered sites, jobs, and the errors sites reported").set_defaults(
         fn=cmd_status
     )
     logs = sub.add_parser("logs", help="a job's logs from the server and every site (admin API)")
@@ -447,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, DataError, PocError, AdminError) as exc:
+    except (ConfigError, DataError, PocError, AdminError, ProvisionError) as exc:
         print(f"ERROR {exc}", file=sys.stderr)
         return 2
 

@@ -13,6 +13,10 @@ METRIC_NUM_TRAIN = "num_train"
 METRIC_NUM_VAL = "num_val"
 METRIC_SECONDS = "train_seconds"
 
+# Shareable header carrying a site's error text to the server when a task fails there.
+HEADER_SITE_ERROR = "consortium_site_error"
+SITE_ERROR_MARKER = "[site-error]"  # server log lines that `consortium status` shows
+
 # Environment variables read by site processes.
 ENV_SITE_CONFIG_DIR = "CONSORTIUM_SITE_CONFIGS"  # folder with _defaults.yaml and <site>.yaml (simulator)
 KIT_SITE_CONFIG_FOLDER = "consortium"  # <kit>/local/consortium/<site>.yaml, written by `consortium provision`

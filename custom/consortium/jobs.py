@@ -92,6 +92,7 @@ def load_job_spec(name: str, jobs_dir: str | Path) -> JobSpec:
 
 def build_job(spec: JobSpec):
     """The FLARE job for `spec`; components are class paths of the installed `consortium` package."""
+    from nvflare.app_common.logging.job_log_streamer import JobLogStreamer
     from nvflare.job_config.api import FedJob
 
     from consortium.aggregators.weighted import WeightedAverage
@@ -106,6 +107,8 @@ def build_job(spec: JobSpec):
         task=spec.task, local_epochs=spec.local_epochs, lr=spec.lr, batch_size=spec.batch_size, seed=spec.seed
     )
     job.to_clients(trainer, tasks=[C.TASK_TRAIN, C.TASK_VALIDATE, C.TASK_SUBMIT_MODEL])
+    # Stream each site's job log to the server, so `consortium logs/status` show a site's own errors.
+    job.to_clients(JobLogStreamer(), id="log_streamer")
     return job
 
 

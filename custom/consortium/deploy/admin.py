@@ -45,16 +45,9 @@ def _lines(logs: dict, marker: str) -> list[str]:
     return out
 
 
-def site_errors(sess, job_id: str) -> dict[str, list[str]]:
-    """ERROR lines from every site's and the server's job log, as the server's log store holds them."""
-    logs = sess.get_job_logs(job_id, target="all")
-    errors = {}
-    for site, text in (logs.get("logs") or {}).items():
-        if isinstance(text, str):
-            found = [ln for ln in text.splitlines() if " ERROR " in ln or "Error:" in ln]
-            if found:
-                errors[site] = found
-    return errors
+def site_errors(sess, job_id: str) -> list[str]:
+    """The error text every failing site sent back with its task result (recorded in the server's job log)."""
+    return _lines(sess.get_job_logs(job_id, target="server"), C.SITE_ERROR_MARKER)
 
 
 def follow(sess, job_id: str, *, timeout: float, log=print, poll: float = 3.0) -> str:

@@ -17,6 +17,10 @@ EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
 PROJECT_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
+class ProvisionError(RuntimeError):
+    """FLARE provisioning failed; the message carries its output."""
+
+
 @dataclass(frozen=True)
 class Admin:
     name: str
@@ -144,12 +148,12 @@ def write_project(project: dict, path: Path) -> list[str]:
 
 def run_provision(project_yml: Path, workspace: Path) -> Path:
     """Run `nvflare provision`; return the newest prod_NN folder holding the kits."""
-    cmd = [sys.executable, "-m", "nvflare.cli", "provision", "-p", str(project_yml), "-w", str(workspace)]
+    cmd = [sys.executable, "-m", "nvflare.cli", "provision", "-p", str(project_yml), "-w", str(workspace), "--force"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"nvflare provision failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        raise ProvisionError(f"nvflare provision failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     name = yaml.safe_load(project_yml.read_text())["name"]
     prods = sorted((workspace / name).glob("prod_*"), key=lambda p: int(p.name.split("_")[1]))
     if not prods:
-        raise RuntimeError(f"nvflare provision wrote no prod_NN folder under {workspace / name}")
+        raise ProvisionError(f"nvflare provision wrote no prod_NN folder under {workspace / name}")
     return prods[-1]

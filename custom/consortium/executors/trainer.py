@@ -92,8 +92,11 @@ class SiteTrainer(Executor):
             self.log_error(fl_ctx, f"task '{task_name}' is not handled by SiteTrainer")
             return make_reply(ReturnCode.TASK_UNKNOWN)
         except Exception as exc:  # report the cause in the site's log and to the server, never crash the client
-            self.log_exception(fl_ctx, f"{fl_ctx.get_identity_name()}: task '{task_name}' failed: {exc}")
-            return make_reply(ReturnCode.EXECUTION_EXCEPTION)
+            message = f"task '{task_name}' failed: {type(exc).__name__}: {exc}"
+            self.log_exception(fl_ctx, f"{fl_ctx.get_identity_name()}: {message}")
+            reply = make_reply(ReturnCode.EXECUTION_EXCEPTION)
+            reply.set_header(C.HEADER_SITE_ERROR, message[:2000])  # the server logs it: visible to the admin
+            return reply
 
     def _train(self, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         incoming = FLModelUtils.from_shareable(shareable)

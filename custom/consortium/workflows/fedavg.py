@@ -44,6 +44,17 @@ class ConsortiumFedAvg(FedAvg):
         """Every connected site trains every round (the job's min_clients gates the start)."""
         return super().sample_clients(None)
 
+    def _process_result(self, client_task, fl_ctx) -> None:
+        """Log a site's own error text on the server, where the admin API can read it, and record it."""
+        result = client_task.result
+        message = result.get_header(C.HEADER_SITE_ERROR) if result is not None else None
+        if message:
+            site = client_task.client.name
+            self.error(f"{C.SITE_ERROR_MARKER} {site}: {message}")
+            self._history.setdefault("errors", {})[site] = message
+            self._write_history()
+        super()._process_result(client_task, fl_ctx)
+
     # -- recording ------------------------------------------------------------------------------------
     def _aggregate_one_result(self, result: FLModel) -> bool:
         site = (result.meta or {}).get("client_name", "?")

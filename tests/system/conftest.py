@@ -1,0 +1,52 @@
+"""A consortium definition on free loopback ports, and a CLI runner with HOME and PATH isolated."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from consortium.deploy.poc import free_port
+from tests.conftest import REPO
+
+
+def write_consortium(path: Path) -> Path:
+    fed, admin = free_port(), free_port()
+    while admin == fed:
+        admin = free_port()
+    path.write_text(
+        f"""project: test_consortium
+description: system test
+server: {{name: localhost, org: test_ops, fed_learn_port: {fed}, admin_port: {admin}}}
+admins:
+  - {{name: admin@test.org, org: test_ops, role: project_admin}}
+he: {{poly_modulus_degree: 8192, coeff_mod_bit_sizes: [60, 40, 40], scale_bits: 40}}
+"""
+    )
+    return path
+
+
+@pytest.fixture
+def cli(tiny_sites, tmp_path):
+    """Run `consortium ...` against the tiny sites with a temp workspace, runs folder and HOME."""
+    site_configs = next(iter(tiny_sites.values())).source.parent
+    consortium = write_consortium(tmp_path / "consortium.yaml")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    base = [sys.executable, "-m", "consortium.cli", "--site-configs", str(site_configs), "--jobs", str(REPO / "jobs")]
+    base += ["--consortium", str(consortium), "--workspace", str(tmp_path / "ws"), "--runs", str(tmp_path / "runs")]
+
+    def run(*args, timeout=600, check=True, **kw):
+        proc = subprocess.run(base + list(args), env=env, capture_output=True, text=True, timeout=timeout, **kw)
+        if check:
+            assert proc.returncode == 0, (
+                f"consortium {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+            )
+        return proc
+
+    run.env, run.tmp = env, tmp_path
+    return run
