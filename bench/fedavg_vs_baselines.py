@@ -29,7 +29,8 @@ def main() -> int:
     parser.add_argument("--runs", default=str(ROOT / "runs" / "bench"))
     args = parser.parse_args()
 
-    cli = [sys.executable, "-m", "consortium.cli", "--site-configs", str(ROOT / "site_configs"), "--jobs", str(ROOT / "jobs")]
+    cli = [sys.executable, "-m", "consortium.cli", "--site-configs", str(ROOT / "site_configs")]
+    cli += ["--jobs", str(ROOT / "jobs")]
     subprocess.run(cli + ["data", "synth"], check=True)
     spec = load_job_spec(args.job, ROOT / "jobs")
     if args.rounds:
@@ -51,9 +52,10 @@ def main() -> int:
     rows = [("FedAvg global model (simulator)", fed, fed_seconds)]
     for trained_on, res in local["results"].items():
         rows.append((f"local only: {trained_on}", res["dice"], res["seconds"]))
-    rows.append(("pooled data (reference)", pooled["results"]["pooled"]["dice"], pooled["results"]["pooled"]["seconds"]))
+    pooled_res = pooled["results"]["pooled"]
+    rows.append(("pooled data (reference)", pooled_res["dice"], pooled_res["seconds"]))
 
-    print(f"\njob {spec.name}: {spec.rounds} rounds x {spec.local_epochs} local epochs, lr {spec.lr}, batch {spec.batch_size}")
+    print(f"\njob {spec.name}: {spec.rounds} rounds x {spec.local_epochs} local epochs, lr {spec.lr}")
     print(f"{'model':34s} " + " ".join(f"{n:>11s}" for n in names) + f" {'mean':>7s} {'seconds':>8s}")
     for label, dice, seconds in rows:
         mean = sum(dice[n] for n in names) / len(names)

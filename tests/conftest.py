@@ -48,13 +48,25 @@ synthetic:
 """
 
 
-@pytest.fixture
-def tiny_sites(tmp_path):
-    """Two small generated hospitals; returns {name: SiteConfig} with data written."""
+def make_sites(folder: Path, *, size: int, patients: int | None = None, slices: int = 2) -> dict:
+    """Write the two tiny hospitals' configs and generate their data; returns {name: SiteConfig}."""
     from consortium.data.synth import generate_site
 
-    folder = write_site_configs(tmp_path / "site_configs", {"site-a": TINY_A, "site-b": TINY_B})
-    sites = load_site_configs(folder)
+    bodies = {"site-a": TINY_A, "site-b": TINY_B}
+    bodies = {k: v.replace("  patients:", f"  slices_per_patient: {slices}\n  patients:") for k, v in bodies.items()}
+    sites = load_site_configs(write_site_configs(folder, bodies))
     for cfg in sites.values():
-        generate_site(cfg, seed=0, size=32)
+        generate_site(cfg, seed=0, size=size, patients=patients)
     return sites
+
+
+@pytest.fixture
+def tiny_sites(tmp_path):
+    """Two small generated hospitals (32 px); returns {name: SiteConfig} with data written."""
+    return make_sites(tmp_path / "site_configs", size=32)
+
+
+@pytest.fixture
+def small_sites(tmp_path):
+    """Two generated hospitals big enough to learn from in a few rounds (64 px, 10 patients x 4 slices)."""
+    return make_sites(tmp_path / "site_configs", size=64, patients=10, slices=4)

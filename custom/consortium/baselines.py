@@ -9,7 +9,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from consortium.config import SiteConfig
 from consortium.jobs import JobSpec
-from consortium.tasks import get_task
+from consortium.tasks import get_task, round_lr
 
 
 def _epochs(spec: JobSpec) -> int:
@@ -34,8 +34,9 @@ def run_baselines(spec: JobSpec, sites: dict[str, SiteConfig], *, kind: str, log
         torch.manual_seed(spec.seed)
         model = task.build_model()
         start, steps = time.perf_counter(), 0
-        for _ in range(spec.rounds):  # same schedule as the job: optimizer reset every "round"
-            steps += task.train(model, loader, epochs=spec.local_epochs, lr=spec.lr).steps
+        for r in range(spec.rounds):  # same schedule as the job: optimizer reset every "round"
+            lr = round_lr(spec.lr, r, spec.rounds, spec.lr_schedule)
+            steps += task.train(model, loader, epochs=spec.local_epochs, lr=lr).steps
         dice = {name: task.evaluate(model, loaders[name][1]) for name in sites}
         results[trained_on] = {"dice": dice, "steps": steps, "seconds": time.perf_counter() - start}
         log(f"[baseline] trained on {trained_on}: " + ", ".join(f"{s} {d:.3f}" for s, d in dice.items()))

@@ -11,7 +11,8 @@ METRIC_DICE = "val_dice"  # Dice of the model a site *received*, on that site's 
 METRIC_LOCAL_DICE = "local_dice"  # Dice of the site's locally trained model, on its validation split
 METRIC_NUM_TRAIN = "num_train"
 METRIC_NUM_VAL = "num_val"
-METRIC_SECONDS = "train_seconds"
+METRIC_SECONDS = "train_seconds"  # local training only
+METRIC_TASK_SECONDS = "task_seconds"  # the whole train task at the site: load, evaluate, train, evaluate
 
 # Shareable header carrying a site's error text to the server when a task fails there.
 HEADER_SITE_ERROR = "consortium_site_error"

@@ -23,18 +23,20 @@ class JobSpec:
     rounds: int = 10
     local_epochs: int = 2
     lr: float = 1e-3
+    lr_schedule: str = "cosine"
     batch_size: int = 8
     seed: int = 0
     min_clients: int = 2
 
     def validate(self, source: Path) -> "JobSpec":
-        from consortium.tasks import TASKS
+        from consortium.tasks import LR_SCHEDULES, TASKS
 
         checks = [
             (self.task in TASKS, "task", f"unknown task {self.task!r}; known: {', '.join(TASKS)}"),
             (self.rounds >= 1, "rounds", "must be >= 1"),
             (self.local_epochs >= 1, "local_epochs", "must be >= 1"),
             (self.lr > 0, "lr", "must be > 0"),
+            (self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"must be one of {', '.join(LR_SCHEDULES)}"),
             (self.batch_size >= 1, "batch_size", "must be >= 1"),
             (self.min_clients >= 1, "min_clients", "must be >= 1"),
         ]
@@ -104,7 +106,12 @@ def build_job(spec: JobSpec):
     controller = ConsortiumFedAvg(task=spec.task, seed=spec.seed, num_rounds=spec.rounds, aggregator=WeightedAverage())
     job.to_server(controller)
     trainer = SiteTrainer(
-        task=spec.task, local_epochs=spec.local_epochs, lr=spec.lr, batch_size=spec.batch_size, seed=spec.seed
+        task=spec.task,
+        local_epochs=spec.local_epochs,
+        lr=spec.lr,
+        lr_schedule=spec.lr_schedule,
+        batch_size=spec.batch_size,
+        seed=spec.seed,
     )
     job.to_clients(trainer, tasks=[C.TASK_TRAIN, C.TASK_VALIDATE, C.TASK_SUBMIT_MODEL])
     # Stream each site's job log to the server, so `consortium logs/status` show a site's own errors.

@@ -13,8 +13,8 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.integration
 
 
-def test_fedavg_simulation_improves_dice(tiny_sites, tmp_path):
-    site_configs = next(iter(tiny_sites.values())).source.parent
+def test_fedavg_simulation_improves_dice(small_sites, tmp_path):
+    site_configs = next(iter(small_sites.values())).source.parent
     env = {**os.environ, "HOME": str(tmp_path / "home")}  # nvflare writes ~/.nvflare
     cmd = [
         sys.executable,
@@ -46,7 +46,8 @@ def test_fedavg_simulation_improves_dice(tiny_sites, tmp_path):
     final = {s: m["val_dice"] for s, m in history["final"].items()}
     assert set(final) == set(initial)
     mean = lambda d: sum(d.values()) / len(d)  # noqa: E731
-    assert mean(final) > mean(initial) + 0.05, (initial, final)
+    # the initial model predicts no lesion anywhere: it scores only on the slices without one
+    assert mean(final) > mean(initial) + 0.1, (initial, final)
 
     state = torch.load(out / "global_model.pt")
     from consortium.tasks import get_task

@@ -17,7 +17,7 @@ from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 
 from consortium import constants as C
 from consortium.config import load_site_config
-from consortium.tasks import get_task
+from consortium.tasks import get_task, round_lr
 
 
 def site_config_dir(fl_ctx: FLContext) -> str | None:
@@ -45,7 +45,7 @@ class SiteTrainer(Executor):
     resources come from the site config, which the job cannot see or change.
     """
 
-    def __init__(self, *, task: str, local_epochs: int, lr: float, batch_size: int, seed: int):
+    def __init__(self, *, task: str, local_epochs: int, lr: float, lr_schedule: str, batch_size: int, seed: int):
         # No defaults: every experiment setting is written into the exported job, none comes from the site.
         super().__init__()
         if local_epochs < 1 or lr <= 0 or batch_size < 1:
@@ -53,13 +53,9 @@ class SiteTrainer(Executor):
                 f"SiteTrainer: need local_epochs>=1, lr>0, batch_size>=1; got {local_epochs}, {lr}, {batch_size}"
             )
         # attribute names match the args so FLARE's job exporter can read them back
-        self._task, self.local_epochs, self.lr, self.batch_size, self.seed = (
-            task,
-            local_epochs,
-            lr,
-            batch_size,
-            seed,
-        )
+        self._task, self.local_epochs, self.lr, self.lr_schedule = task, local_epochs, lr, lr_schedule
+        self.batch_size, self.seed = batch_size, seed
+        round_lr(lr, 0, 1, lr_schedule)  # refuse an unknown schedule when the job is built, not mid-run
         self._ready = False
 
     def _setup(self, fl_ctx: FLContext) -> None:
@@ -99,6 +95,7 @@ class SiteTrainer(Executor):
             return reply
 
     def _train(self, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        task_start = time.perf_counter()
         incoming = FLModelUtils.from_shareable(shareable)
         load_numpy_state(self.model, incoming.params)
         received_dice = self.task.evaluate(self.model, self.val_loader, device=self.device)
@@ -106,7 +103,7 @@ class SiteTrainer(Executor):
             self.model,
             self.train_loader,
             epochs=self.local_epochs,
-            lr=self.lr,
+            lr=round_lr(self.lr, incoming.current_round or 0, incoming.total_rounds or 1, self.lr_schedule),
             device=self.device,
             should_stop=lambda: abort_signal.triggered,
         )
@@ -119,6 +116,7 @@ class SiteTrainer(Executor):
             C.METRIC_LOCAL_DICE: local_dice,
             C.METRIC_TRAIN_LOSS: result.loss,
             C.METRIC_SECONDS: result.seconds,
+            C.METRIC_TASK_SECONDS: time.perf_counter() - task_start,
             C.METRIC_NUM_TRAIN: len(self.train_loader.dataset),
             C.METRIC_NUM_VAL: len(self.val_loader.dataset),
         }

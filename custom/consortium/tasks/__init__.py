@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 from types import ModuleType
 
 TASKS = {"seg2d": "consortium.tasks.seg2d"}
@@ -18,3 +19,19 @@ def get_task(name: str) -> ModuleType:
     if missing:
         raise TypeError(f"task module {module.__name__} lacks {', '.join(missing)}")
     return module
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def round_lr(base_lr: float, current_round: int, total_rounds: int, schedule: str = "cosine") -> float:
+    """The learning rate for one round: constant, or cosine-decayed over the job's rounds.
+
+    Local optimizers are reset every round, so the schedule lives at round granularity; the
+    baselines use the same function with the same rounds.
+    """
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown lr schedule {schedule!r}; use one of {', '.join(LR_SCHEDULES)}")
+    if schedule == "constant" or total_rounds <= 1:
+        return base_lr
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * current_round / total_rounds))

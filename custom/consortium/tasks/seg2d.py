@@ -6,6 +6,7 @@ The executor, the server's initial model and both baselines import these same fu
 from __future__ import annotations
 
 import logging
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -36,10 +37,16 @@ HU_WINDOW = (-160.0, 240.0)  # abdominal soft-tissue window
 KEYS = ("image", "label")
 
 
-def build_model(channels: Iterable[int] = (32, 64, 128, 256), num_res_units: int = 0) -> torch.nn.Module:
-    """A 2D MONAI UNet valid for Opacus DP-SGD: instance norm (no BatchNorm), no in-place activations."""
+def build_model(
+    channels: Iterable[int] = (16, 32, 64, 128), num_res_units: int = 2, prior: float = 0.02
+) -> torch.nn.Module:
+    """A 2D MONAI UNet valid for Opacus DP-SGD: instance norm (no BatchNorm), no in-place activations.
+
+    The last convolution's bias starts at logit(prior): the untrained model predicts a small lesion
+    probability everywhere instead of lesion on half the pixels, which otherwise costs tens of epochs.
+    """
     channels = tuple(channels)
-    return UNet(
+    model = UNet(
         spatial_dims=2,
         in_channels=1,
         out_channels=1,
@@ -49,6 +56,9 @@ def build_model(channels: Iterable[int] = (32, 64, 128, 256), num_res_units: int
         norm="instance",
         act=("relu", {"inplace": False}),
     )
+    last = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))][-1]
+    torch.nn.init.constant_(last.bias, math.log(prior / (1 - prior)))
+    return model
 
 
 def make_transforms(train: bool) -> Compose:
