@@ -13,6 +13,8 @@ from consortium import constants as C
 from consortium.config import ConfigError
 
 JOB_FILE = "job.yaml"
+TASK_REQUEST_INTERVAL = 0.2  # seconds between an idle site's task requests
+TASK_CHECK_PERIOD = 0.1  # seconds between the server workflow's checks for results
 
 
 @dataclass(frozen=True)
@@ -103,8 +105,17 @@ def build_job(spec: JobSpec):
 
     job = FedJob(name=spec.name, min_clients=spec.min_clients)
     job.set_app_packages(["consortium"])  # sites run the reviewed, installed package: ship no custom code
-    controller = ConsortiumFedAvg(task=spec.task, seed=spec.seed, num_rounds=spec.rounds, aggregator=WeightedAverage())
+    controller = ConsortiumFedAvg(
+        task=spec.task,
+        seed=spec.seed,
+        num_rounds=spec.rounds,
+        aggregator=WeightedAverage(),
+        task_check_period=TASK_CHECK_PERIOD,
+    )
     job.to_server(controller)
+    # Idle sites ask the server for work every `task_request_interval` s (FLARE default 2 s): with rounds of
+    # a few seconds that wait dominated each round, so ask often; the requests are tiny.
+    job.to_server({"server": {"task_request_interval": TASK_REQUEST_INTERVAL}})
     trainer = SiteTrainer(
         task=spec.task,
         local_epochs=spec.local_epochs,
