@@ -1,0 +1,25 @@
+"""Ports: a busy configured port is replaced by a free one, or named in a clear error."""
+
+import socket
+from dataclasses import replace
+
+import pytest
+
+from consortium.deploy.poc import PocError, choose_ports, free_port, port_free
+from consortium.deploy.provision import load_consortium
+from tests.conftest import REPO
+
+
+def test_busy_port_is_replaced_or_named():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        defn = replace(
+            load_consortium(REPO / "provisioning/consortium.yaml"), fed_learn_port=taken, admin_port=free_port()
+        )
+        assert not port_free(taken)
+        fed, admin = choose_ports(defn)
+        assert taken not in (fed, admin) and fed != admin and port_free(fed) and port_free(admin)
+        with pytest.raises(PocError, match=f"{taken}.*in use"):
+            choose_ports(defn, strict=True)

@@ -1,0 +1,76 @@
+"""Consortium definition: validated on load; project.yml matches the site configs one to one."""
+
+import pytest
+import yaml
+
+from consortium.config import ConfigError, load_site_configs
+from consortium.deploy.kit_builder import authorization_policy
+from consortium.deploy.provision import load_consortium, project_dict, write_project
+from tests.conftest import REPO
+
+GOOD = (REPO / "provisioning" / "consortium.yaml").read_text()
+
+
+def test_every_site_config_is_a_client_and_nothing_else(tmp_path):
+    defn = load_consortium(REPO / "provisioning" / "consortium.yaml")
+    sites = load_site_configs(REPO / "site_configs")
+    project = project_dict(defn, sites, site_configs=REPO / "site_configs", storage_root=tmp_path)
+    clients = {p["name"]: p["org"] for p in project["participants"] if p["type"] == "client"}
+    assert clients == {name: cfg.org for name, cfg in sites.items()}
+    builders = [b["path"].rsplit(".", 1)[1] for b in project["builders"]]
+    assert builders[-1] == "SignatureBuilder" and "HEBuilder" in builders
+    assert builders.index("ConsortiumKitBuilder") < builders.index("SignatureBuilder")
+    admins = [p for p in project["participants"] if p["type"] == "admin"]
+    assert any(a["role"] == "project_admin" for a in admins)
+
+
+def test_write_project_reports_changes(tmp_path):
+    defn = load_consortium(REPO / "provisioning" / "consortium.yaml")
+    sites = load_site_configs(REPO / "site_configs")
+    path = tmp_path / "project.yml"
+    project = project_dict(defn, sites, site_configs=REPO / "site_configs", storage_root=tmp_path)
+    assert write_project(project, path) == ["new project"]
+    assert write_project(project, path) == []
+    fewer = {k: v for k, v in sites.items() if k != "hospital-c"}
+    smaller = project_dict(defn, fewer, site_configs=REPO / "site_configs", storage_root=tmp_path)
+    assert write_project(smaller, path) == ["removed client hospital-c"]
+    assert yaml.safe_load(path.read_text())["api_version"] == 3
+
+
+@pytest.mark.parametrize(
+    "old, new, field",
+    [
+        ("name: admin@consortium.org", "name: admin", "admins[0].name"),
+        ("role: project_admin", "role: boss", "admins[0].role"),
+        ("fed_learn_port: 8102", "fed_learn_port: 80", "server.fed_learn_port"),
+        ("name: localhost", "name: bad_host!", "server.name"),
+        ("project: hospital_consortium", "project: a b", "'project'"),
+        ("he:", "colour: red\nhe:", "'colour'"),
+    ],
+)
+def test_bad_consortium_definition_names_field(tmp_path, old, new, field):
+    path = tmp_path / "consortium.yaml"
+    path.write_text(GOOD.replace(old, new, 1))
+    with pytest.raises(ConfigError) as err:
+        load_consortium(path)
+    assert str(path) in str(err.value) and field in str(err.value)
+
+
+def test_authorization_policy_follows_site_config(tmp_path):
+    from dataclasses import replace
+
+    cfg = load_site_configs(REPO / "site_configs")["hospital-a"]
+    policy = authorization_policy(cfg)["permissions"]
+    assert policy["project_admin"]["submit_job"] == "any" and policy["project_admin"]["byoc"] == "none"
+    assert policy["member"]["submit_job"] == "none"
+    open_site = replace(cfg, authorization=replace(cfg.authorization, allow_custom_code=True, submit_roles=("lead",)))
+    policy = authorization_policy(open_site)["permissions"]
+    assert policy["lead"]["byoc"] == "any" and policy["project_admin"]["submit_job"] == "none"
+
+
+def test_unknown_role_in_site_config_refused(tmp_path):
+    from tests.conftest import TINY_A, write_site_configs
+
+    folder = write_site_configs(tmp_path, {"site-a": TINY_A + "authorization:\n  submit_roles: [janitor]\n"})
+    with pytest.raises(ConfigError, match="authorization.submit_roles"):
+        load_site_configs(folder)
