@@ -292,6 +292,9 @@ def cmd_submit(args) -> int:
         status = follow(sess, job_id, timeout=args.timeout)
         print(f"job {job_id}: {status} after {time.perf_counter() - start:.0f} s")
         if status != "FINISHED:COMPLETED":
+            for line in sess.get_job_meta(job_id).get("job_deploy_detail") or []:
+                if not line.endswith(": OK"):
+                    print(f"  deploy: {line}")
             for line in site_errors(sess, job_id):
                 print(f"  {line}")
             print(f"details: consortium logs {job_id}")
