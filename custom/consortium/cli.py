@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from consortium import constants as C
-from consortium.config import ConfigError, load_site_configs
+from consortium.config import ConfigError, load_site_configs, require_data_dirs
 from consortium.data.manifest import DataError
 from consortium.deploy.admin import AdminError
 from consortium.deploy.poc import PocError
@@ -115,6 +115,7 @@ def cmd_simulate(args) -> int:
     if args.local_epochs:
         spec = replace(spec, local_epochs=args.local_epochs)
     sites = _sites(args)
+    require_data_dirs(sites)
     if len(sites) < spec.min_clients:
         spec = replace(spec, min_clients=len(sites))
     out = Path(args.runs) / args.job

@@ -265,3 +265,11 @@ def load_site_config(site: str, config_dir: str | Path | None = None) -> SiteCon
     if site not in sites:
         raise ConfigError(f"site '{site}' has no config in {config_dir}; add {site}.yaml (known: {', '.join(sites)})")
     return sites[site]
+
+
+def require_data_dirs(sites: dict[str, SiteConfig]) -> None:
+    """Refuse to start sites whose data folder is missing, naming the config file and field."""
+    for cfg in sites.values():
+        if not cfg.data.dir.is_dir():
+            hint = "run `consortium data synth`" if cfg.synthetic else "point it at the folder with your DICOM files"
+            raise _fail(cfg.source, "data.dir", f"folder {cfg.data.dir} does not exist", f"Fix: {hint}.")

@@ -4,7 +4,7 @@ build the FLARE job from installed components, export it, or run it in the simul
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import yaml
@@ -128,10 +128,6 @@ def build_job(spec: JobSpec):
     # Stream each site's job log to the server, so `consortium logs/status` show a site's own errors.
     job.to_clients(JobLogStreamer(), id="log_streamer")
     return job
-
-
-def spec_dict(spec: JobSpec) -> dict:
-    return asdict(spec)
 
 
 def export_job(spec: JobSpec, out_dir: str | Path) -> Path:

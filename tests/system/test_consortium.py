@@ -12,8 +12,12 @@ pytestmark = pytest.mark.system
 
 def test_poc_consortium_runs_a_job_through_the_admin_api(cli):
     paths = PocPaths(cli.tmp / "ws" / "poc-consortium")
-    up = cli("poc", "up")
+    cli("poc", "up")
+    stale = read_state(paths)
+    up = cli("poc", "up")  # as after a crash of the tool: the consortium it started before is stopped first
     try:
+        assert "started earlier from this workspace: stopping it first" in up.stdout
+        assert not group_alive(stale["pgid"])
         assert "registered sites: site-a, site-b" in up.stdout
         state = read_state(paths)
         assert group_alive(state["pgid"]) and not any(port_free(p) for p in state["ports"])

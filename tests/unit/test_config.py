@@ -45,3 +45,14 @@ def test_missing_folder_and_empty_folder(tmp_path):
         load_site_configs(tmp_path / "nope")
     with pytest.raises(ConfigError, match="no site configs"):
         load_site_configs(tmp_path)
+
+
+def test_missing_data_folder_names_file_and_field(tmp_path):
+    from consortium.config import require_data_dirs
+
+    sites = load_site_configs(write_site_configs(tmp_path, {"site-a": TINY_A}))
+    with pytest.raises(ConfigError) as err:
+        require_data_dirs(sites)
+    assert (
+        "site-a.yaml" in str(err.value) and "'data.dir'" in str(err.value) and "consortium data synth" in str(err.value)
+    )

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from consortium.config import load_site_configs
+from consortium.config import load_site_configs, require_data_dirs
 from consortium.deploy.provision import ConsortiumDef, load_consortium, project_dict, write_project
 
 
@@ -167,6 +167,7 @@ def up(
         down(paths, log=log)
     defn = load_consortium(consortium_file)
     sites = load_site_configs(site_configs)
+    require_data_dirs(sites)
     ports = choose_ports(defn)
     if ports != (defn.fed_learn_port, defn.admin_port):
         log(f"configured ports busy; using free ports {ports[0]} (fed_learn) and {ports[1]} (admin)")
