@@ -1,4 +1,4 @@
-"""The `consortium` command: generate data, check it, run jobs in the simulator, export jobs, baselines."""
+"""The `consortium` command: hospital data, jobs, simulator, provisioning, local consortium, admin, baselines."""
 
 from __future__ import annotations
 
@@ -195,188 +195,6 @@ def cmd_baseline(args) -> int:
     return 0
 
 
-def _paths(args):
-    from consortium.deploy.poc import PocPaths
-
-    return PocPaths(Path(args.workspace).resolve() / "poc-consortium")
-
-
-def _state(args) -> dict:
-    from consortium.deploy.poc import PocError, read_state
-
-    state = read_state(_paths(args))
-    if state is None:
-        raise PocError("the consortium is not up: run `consortium poc up` first")
-    return state
-
-
-def _session(args):
-    from consortium.deploy.admin import session
-    from consortium.deploy.poc import admin_kit
-
-    state = _state(args)
-    return session(state["admin"], admin_kit(_paths(args), state))
-
-
-def cmd_provision(args) -> int:
-    from consortium.deploy.provision import load_consortium, project_dict, run_provision, write_project
-
-    defn = load_consortium(args.consortium)
-    sites = load_site_configs(args.site_configs)
-    out = Path(args.workspace).resolve() / "prod"
-    project = project_dict(defn, sites, site_configs=Path(args.site_configs), storage_root=out / "storage")
-    changes = write_project(project, out / "project.yml")
-    start = time.perf_counter()
-    prod = run_provision(out / "project.yml", out)
-    print(f"project.yml ({out / 'project.yml'}): {', '.join(changes) if changes else 'unchanged since last time'}")
-    print(f"startup kits in {prod} [{time.perf_counter() - start:.1f} s]:")
-    for kit in sorted(p for p in prod.iterdir() if p.is_dir()):
-        print(f"  {kit.name}")
-    print("Give each participant only its own kit; keep them secret (they hold private keys).")
-    return 0
-
-
-def cmd_kit_verify(args) -> int:
-    from consortium.deploy.kits import verify_kit
-
-    kit = Path(args.path)
-    problems, checked = verify_kit(kit)
-    if not checked and (kit / "startup" / "fl_admin.sh").exists():
-        print(f"{kit}: admin kit; FLARE does not sign admin kits (the server checks its certificate at login)")
-        return 0
-    for problem in problems:
-        print(f"FAIL {problem}")
-    if problems:
-        print(f"{kit}: {len(problems)} problem(s); re-provision or restore the kit from its original copy")
-        return 1
-    print(f"{kit}: OK, every signed file intact ({', '.join(checked)})")
-    return 0
-
-
-def cmd_poc_up(args) -> int:
-    from consortium.deploy import poc
-    from consortium.deploy.admin import clients
-
-    paths = _paths(args)
-    print(f"starting the local consortium (server + {len(load_site_configs(args.site_configs))} hospitals) ...")
-    state = poc.up(paths, consortium_file=Path(args.consortium), site_configs=Path(args.site_configs))
-    with _session(args) as sess:
-        registered = clients(sess)
-    print(f"up in {state['ready_seconds']:.0f} s: server on 127.0.0.1:{state['ports'][0]} (admin {state['ports'][1]})")
-    print(f"registered sites: {', '.join(registered)}")
-    print(f"kits and logs: {paths.prod(state['project'])}")
-    return 0
-
-
-def cmd_poc_down(args) -> int:
-    from consortium.deploy import poc
-
-    print("stopped" if poc.down(_paths(args)) else "no consortium was running from this workspace")
-    return 0
-
-
-def cmd_submit(args) -> int:
-    from consortium.deploy.admin import download as download_results
-    from consortium.deploy.admin import follow, site_errors
-    from consortium.jobs import export_job, load_job_spec
-
-    spec = load_job_spec(args.job, args.jobs)
-    if args.rounds:
-        spec = replace(spec, rounds=args.rounds)
-    folder = export_job(spec, Path(args.workspace) / "jobs")
-    with _session(args) as sess:
-        job_id = sess.submit_job(str(folder.resolve()))
-        print(f"submitted job '{spec.name}' as {job_id}")
-        if args.no_wait:
-            return 0
-        start = time.perf_counter()
-        status = follow(sess, job_id, timeout=args.timeout)
-        print(f"job {job_id}: {status} after {time.perf_counter() - start:.0f} s")
-        if status != "FINISHED:COMPLETED":
-            for line in sess.get_job_meta(job_id).get("job_deploy_detail") or []:
-                if not line.endswith(": OK"):
-                    print(f"  deploy: {line}")
-            for line in site_errors(sess, job_id):
-                print(f"  {line}")
-            print(f"details: consortium logs {job_id}")
-            return 1
-        out = download_results(sess, job_id, Path(args.runs) / spec.name)
-    history = json.loads((out / C.METRICS_FILE).read_text())
-    print("final global model, validation Dice per site:")
-    for site, m in sorted(history.get("final", {}).items()):
-        print(f"  {site:14s} {m.get(C.METRIC_DICE, float('nan')):.3f}")
-    print(f"global model: {out / C.GLOBAL_MODEL_FILE}")
-    print(f"metrics:      {out / C.METRICS_FILE}")
-    return 0
-
-
-def cmd_status(args) -> int:
-    from consortium.deploy.admin import site_errors
-
-    with _session(args) as sess:
-        info = sess.get_system_info()
-        running = info.server_info.status != "stopped"  # FLARE reports an idle server as 'stopped'
-        print(f"server: up, {'running a job' if running else 'idle'}")
-        print("sites:  " + ", ".join(sorted(c.name for c in info.client_info)))
-        jobs = sess.list_jobs()
-        for job in jobs:
-            print(f"job {job.get('job_id')}  {job.get('job_name', ''):12s} {job.get('status')}")
-        for job in jobs:
-            errors = site_errors(sess, job["job_id"])
-            if errors:
-                print(f"errors reported by sites in job {job['job_id']}:")
-                for line in errors:
-                    print(f"  {line}")
-    return 0
-
-
-def cmd_logs(args) -> int:
-    """Job logs through the admin API; sites whose logs the server does not hold are read from the
-    local POC kits (on one machine they are all here)."""
-    from consortium.deploy.poc import read_state
-
-    with _session(args) as sess:
-        job_id = args.job_id or (sess.list_jobs() or [{}])[-1].get("job_id")
-        if not job_id:
-            print("no jobs yet")
-            return 0
-        logs = sess.get_job_logs(job_id, target=args.site or "all")
-    texts = {site: (str(text), "admin API") for site, text in (logs.get("logs") or {}).items()}
-    state = read_state(_paths(args))
-    sites = [args.site] if args.site else state.get("sites", [])
-    for site in sites:
-        local = _paths(args).prod(state["project"]) / site / job_id / "log.txt"
-        if site not in texts and local.exists():
-            texts[site] = (local.read_text(errors="replace"), f"POC kit {local}")
-    for site, (text, origin) in sorted(texts.items()):
-        lines = text.splitlines()
-        if args.errors:
-            lines = [ln for ln in lines if " ERROR " in ln]
-        print(f"==== {site} (job {job_id}, from {origin}) ====")
-        print("\n".join(lines[-args.tail :]))
-    for site in sorted(set(sites) - set(texts)):
-        print(f"==== {site}: no log for job {job_id}")
-    return 0
-
-
-def cmd_demo(args) -> int:
-    """Generate data if missing, bring the consortium up, run the job through the admin API, shut down."""
-    from consortium.deploy import poc
-
-    args.force, args.seed, args.size, args.patients, args.sites = False, 0, 64, None, None
-    cmd_data_synth(args)
-    try:
-        cmd_poc_up(args)
-        args.no_wait, args.rounds = False, None
-        return cmd_submit(args)
-    except KeyboardInterrupt:
-        print("interrupted: shutting the consortium down")
-        return 130
-    finally:
-        poc.down(_paths(args))
-        print("consortium stopped; no process left running")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="consortium", description=__doc__)
     p.add_argument("--site-configs", default=DEFAULT_SITE_CONFIGS, help="folder with _defaults.yaml and <site>.yaml")
@@ -384,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", default=DEFAULT_RUNS, help="where results are written")
     p.add_argument("--workspace", default=DEFAULT_WORKSPACE, help="kits, POC workspace and exported jobs (secret)")
     p.add_argument("--consortium", default=DEFAULT_CONSORTIUM, help="the consortium definition")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = sub.add_parser("data", help="generate or check hospital data").add_subparsers(dest="action", required=True)
     synth = data.add_parser("synth", help="write generated DICOM cohorts for sites with a 'synthetic' profile")
@@ -416,6 +234,17 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("spec", "sites", "site_configs", "workspace"):
         worker.add_argument(name)
     worker.set_defaults(fn=cmd_simulate_worker)
+
+    from consortium.deploy.commands import (
+        cmd_demo,
+        cmd_kit_verify,
+        cmd_logs,
+        cmd_poc_down,
+        cmd_poc_up,
+        cmd_provision,
+        cmd_status,
+        cmd_submit,
+    )
 
     sub.add_parser("provision", help="write project.yml and signed startup kits").set_defaults(fn=cmd_provision)
     kit = sub.add_parser("kit", help="startup kit checks").add_subparsers(dest="action", required=True)
