@@ -29,6 +29,8 @@ class JobSpec:
     batch_size: int = 8
     seed: int = 0
     min_clients: int = 2
+    he: bool = False  # aggregate CKKS-encrypted updates; the server never holds a decryption key
+    he_encrypt_layers: list[str] | None = None  # regexes of layers to encrypt (None: all); others are exposed
 
     def validate(self, source: Path) -> "JobSpec":
         from consortium.tasks import LR_SCHEDULES, TASKS
@@ -88,19 +90,34 @@ def load_job_spec(name: str, jobs_dir: str | Path) -> JobSpec:
     for f in fields(JobSpec):  # YAML gives "1e-3" as a string: coerce to the declared type
         value = getattr(spec, f.name)
         try:
-            object.__setattr__(spec, f.name, {"int": int, "float": float, "str": str}[f.type](value))
+            object.__setattr__(spec, f.name, _coerce(f.type, value))
         except (TypeError, ValueError):
             raise ConfigError(f"{source}: field '{f.name}': {value!r} is not a valid {f.type}") from None
     return spec.validate(source)
+
+
+def _coerce(kind: str, value):
+    if kind in ("int", "float", "str"):
+        return {"int": int, "float": float, "str": str}[kind](value)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise TypeError("expected true or false")
+        return value
+    if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
+        raise TypeError("expected a list of strings")
+    return value
 
 
 def build_job(spec: JobSpec):
     """The FLARE job for `spec`; components are class paths of the installed `consortium` package."""
     from nvflare.app_common.logging.job_log_streamer import JobLogStreamer
     from nvflare.job_config.api import FedJob
+    from nvflare.job_config.defs import FilterType
 
+    from consortium.aggregators.he import HESumAggregator
     from consortium.aggregators.weighted import WeightedAverage
     from consortium.executors.trainer import SiteTrainer
+    from consortium.filters.he import HEDecryptModel, HEEncryptUpdate
     from consortium.workflows.fedavg import ConsortiumFedAvg
 
     job = FedJob(name=spec.name, min_clients=spec.min_clients)
@@ -109,10 +126,18 @@ def build_job(spec: JobSpec):
         task=spec.task,
         seed=spec.seed,
         num_rounds=spec.rounds,
-        aggregator=WeightedAverage(),
+        aggregator=HESumAggregator() if spec.he else WeightedAverage(),
         task_check_period=TASK_CHECK_PERIOD,
     )
     job.to_server(controller)
+    if spec.he:
+        # sites: weight + encrypt what leaves, decrypt what arrives; the server only adds ciphertexts
+        job.to_clients(
+            HEEncryptUpdate(encrypt_layers=spec.he_encrypt_layers),
+            filter_type=FilterType.TASK_RESULT,
+            tasks=[C.TASK_TRAIN],
+        )
+        job.to_clients(HEDecryptModel(), filter_type=FilterType.TASK_DATA, tasks=[C.TASK_TRAIN, C.TASK_VALIDATE])
     # Idle sites ask the server for work every `task_request_interval` s (FLARE default 2 s): with rounds of
     # a few seconds that wait dominated each round, so ask often; the requests are tiny.
     job.to_server({"server": {"task_request_interval": TASK_REQUEST_INTERVAL}})
@@ -143,5 +168,9 @@ def simulate(spec: JobSpec, *, sites: list[str], site_config_dir: Path, workspac
 
     os.environ[C.ENV_SITE_CONFIG_DIR] = str(Path(site_config_dir).resolve())
     write_resources_policy(Path(workspace) / "local")  # the simulator copies local/ to every participant
+    if spec.he:  # contexts generated for this run; the simulator copies startup/ to every participant
+        from consortium.he.contexts import write_contexts
+
+        write_contexts(Path(workspace) / "startup")
     job = build_job(spec)
     return job.simulator_run(str(workspace), clients=sites, threads=threads or len(sites), log_config="concise")

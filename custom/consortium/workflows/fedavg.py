@@ -12,6 +12,7 @@ from nvflare.app_common.workflows.fedavg import FedAvg
 
 from consortium import constants as C
 from consortium.executors.trainer import state_to_numpy
+from consortium.he.ckks import PAYLOAD_KEY
 from consortium.tasks import get_task
 
 
@@ -38,7 +39,10 @@ class ConsortiumFedAvg(FedAvg):
         return FLModel(params=state_to_numpy(get_task(self._task).build_model()), params_type=ParamsType.FULL)
 
     def save_model_file(self, model: FLModel, filepath: str) -> None:
-        torch.save({k: torch.as_tensor(v) for k, v in model.params.items()}, filepath)
+        if PAYLOAD_KEY in model.params:  # HE: the server only ever has ciphertext; a hospital decrypts it
+            torch.save(dict(model.params), filepath)
+        else:
+            torch.save({k: torch.as_tensor(v) for k, v in model.params.items()}, filepath)
 
     def sample_clients(self, num_clients=None):
         """Every connected site trains every round (the job's min_clients gates the start)."""

@@ -1,0 +1,91 @@
+"""Site-side HE filters: encrypt the weighted update on its way out, decrypt the global model on its way in."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from nvflare.apis.dxo import DataKind, from_shareable
+from nvflare.apis.filter import Filter
+from nvflare.apis.fl_constant import FLMetaKey, ReturnCode
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable
+
+from consortium.he.ckks import PAYLOAD_KEY, Layout, decrypt, encrypt_weighted, flatten, split_layers, unflatten
+from consortium.he.contexts import CLIENT_CONTEXT, load_context
+
+
+class _SiteContext:
+    def __init__(self) -> None:
+        self._context = None
+
+    def context(self, fl_ctx: FLContext):
+        if self._context is None:
+            self._context = load_context(fl_ctx, CLIENT_CONTEXT)
+        return self._context
+
+
+class HEEncryptUpdate(Filter):
+    """Task-result filter: multiply the site's weights by its local steps and encrypt them packed.
+
+    `encrypt_layers`: regexes of layer names to encrypt (None: all). Layers not matched travel in
+    plaintext (already weighted) and are listed in the site log, so exposure is explicit.
+    """
+
+    def __init__(self, encrypt_layers: list[str] | None = None):
+        super().__init__()
+        if encrypt_layers is not None:
+            if not encrypt_layers:
+                raise ValueError("HEEncryptUpdate: encrypt_layers is empty; use None to encrypt every layer")
+            for pattern in encrypt_layers:
+                re.compile(pattern)  # refuse a bad pattern at construction
+        self.encrypt_layers = encrypt_layers
+        self._site = _SiteContext()
+
+    def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
+        if shareable.get_return_code(ReturnCode.OK) != ReturnCode.OK:
+            return shareable  # an error reply carries no weights
+        dxo = from_shareable(shareable)
+        if dxo.data_kind != DataKind.WEIGHTS or not isinstance(dxo.data, dict):
+            raise ValueError(f"HEEncryptUpdate expects model weights, got data kind {dxo.data_kind}")
+        weight = dxo.get_meta_prop(FLMetaKey.NUM_STEPS_CURRENT_ROUND)
+        if not weight or weight <= 0:
+            raise ValueError("HEEncryptUpdate: the update carries no positive NUM_STEPS_CURRENT_ROUND weight")
+        encrypted, exposed = split_layers(dxo.data.keys(), self.encrypt_layers)
+        if exposed:
+            self.log_info(fl_ctx, f"HE: {len(exposed)} layer(s) sent in plaintext by job setting: {exposed}")
+        flat, layout = flatten(dxo.data, encrypted)
+        payload = {name: np.asarray(dxo.data[name], dtype=np.float64) * weight for name in exposed}
+        chunks = encrypt_weighted(self._site.context(fl_ctx), flat, weight)
+        payload[PAYLOAD_KEY] = {"chunks": chunks, "layout": layout.to_wire(), "weight": float(weight)}
+        dxo.data = payload
+        return dxo.update_shareable(shareable)
+
+
+class HEDecryptModel(Filter):
+    """Task-data filter: turn the server's encrypted sum into the plaintext global model at this site."""
+
+    def __init__(self):
+        super().__init__()
+        self._site = _SiteContext()
+
+    def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
+        dxo = from_shareable(shareable)
+        he = dxo.data.get(PAYLOAD_KEY) if isinstance(dxo.data, dict) else None
+        if he is None:
+            return shareable  # the initial model is plaintext: nothing has been aggregated yet
+        params = decrypt_global(self._site.context(fl_ctx), dxo.data)
+        dxo.data = params
+        return dxo.update_shareable(shareable)
+
+
+def decrypt_global(context, params: dict) -> dict[str, np.ndarray]:
+    """Plaintext model from an encrypted global model: decrypt the packed sum, divide by the total weight."""
+    he = params[PAYLOAD_KEY]
+    layout = Layout.from_wire(he["layout"])
+    total = float(he["weight"])
+    out = unflatten(decrypt(context, he["chunks"], layout.size) / total, layout)
+    for name, value in params.items():
+        if name != PAYLOAD_KEY:
+            out[name] = (np.asarray(value, dtype=np.float64) / total).astype(np.float32)
+    return out

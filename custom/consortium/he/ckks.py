@@ -1,0 +1,100 @@
+"""Packed CKKS encryption of model updates: flatten, weight, encrypt in slot-sized chunks, add, decrypt.
+
+Protocol (one multiplication in total, so CKKS [60, 40, 40] has depth to spare):
+  site:   x_i -> encrypt(x_i) * w_i   (the plaintext multiplication rescales the ciphertext to the
+                                       lowest modulus level, which also makes it about half the size)
+  server: sum_i enc(w_i x_i)          (additions only; its context has no secret key)
+  site:   decrypt(sum) / sum_i w_i    (the total weight travels in plaintext beside the ciphertext)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+PAYLOAD_KEY = "__he__"  # the one key of an encrypted params dict besides plaintext (exposed) layers
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each encrypted layer sits in the flat vector: (name, shape) in order."""
+
+    layers: tuple[tuple[str, tuple[int, ...]], ...]
+
+    @property
+    def size(self) -> int:
+        return int(sum(np.prod(shape, dtype=np.int64) for _, shape in self.layers))
+
+    def to_wire(self) -> list:
+        return [[name, list(shape)] for name, shape in self.layers]
+
+    @classmethod
+    def from_wire(cls, wire: list) -> "Layout":
+        return cls(tuple((str(name), tuple(int(d) for d in shape)) for name, shape in wire))
+
+
+def split_layers(names, patterns: list[str] | None) -> tuple[list[str], list[str]]:
+    """(encrypted, exposed) layer names; `patterns` are regexes of layers to encrypt, None means all."""
+    names = list(names)
+    if patterns is None:
+        return names, []
+    compiled = [re.compile(p) for p in patterns]
+    encrypted = [n for n in names if any(c.search(n) for c in compiled)]
+    return encrypted, [n for n in names if n not in encrypted]
+
+
+def flatten(params: Mapping[str, np.ndarray], names: list[str]) -> tuple[np.ndarray, Layout]:
+    arrays = [np.asarray(params[n], dtype=np.float64) for n in names]
+    layout = Layout(tuple((n, tuple(a.shape)) for n, a in zip(names, arrays, strict=True)))
+    flat = np.concatenate([a.ravel() for a in arrays]) if arrays else np.zeros(0)
+    return flat, layout
+
+
+def unflatten(flat: np.ndarray, layout: Layout, dtype=np.float32) -> dict[str, np.ndarray]:
+    out, offset = {}, 0
+    for name, shape in layout.layers:
+        n = int(np.prod(shape, dtype=np.int64))
+        out[name] = flat[offset : offset + n].reshape(shape).astype(dtype)
+        offset += n
+    return out
+
+
+def slot_count(context) -> int:
+    """Values one CKKS ciphertext holds: half the polynomial modulus degree."""
+    return context.seal_context().data.first_context_data().parms().poly_modulus_degree() // 2
+
+
+def encrypt_weighted(context, flat: np.ndarray, weight: float) -> list[bytes]:
+    """enc(flat) * weight, packed into as few ciphertexts as the slot count allows, serialized."""
+    import tenseal as ts
+
+    slots = slot_count(context)
+    return [
+        (ts.ckks_vector(context, flat[i : i + slots]) * float(weight)).serialize() for i in range(0, len(flat), slots)
+    ]
+
+
+def add_encrypted(context, total: list | None, chunks: list[bytes]) -> list:
+    """Add one site's serialized ciphertexts to a running list of CKKS vectors (no decryption)."""
+    import tenseal as ts
+
+    vectors = [ts.ckks_vector_from(context, c) for c in chunks]
+    if total is None:
+        return vectors
+    if len(total) != len(vectors):
+        raise ValueError(f"site sent {len(vectors)} ciphertexts, others sent {len(total)}: different models")
+    return [a + b for a, b in zip(total, vectors, strict=True)]
+
+
+def decrypt(context, chunks: list[bytes], size: int) -> np.ndarray:
+    """Decrypt serialized ciphertexts (needs the secret key) into a flat vector of `size` values."""
+    import tenseal as ts
+
+    if not context.has_secret_key():
+        raise PermissionError("this HE context has no secret key: only hospitals can decrypt")
+    values = [np.asarray(ts.ckks_vector_from(context, c).decrypt()) for c in chunks]
+    flat = np.concatenate(values) if values else np.zeros(0)
+    return flat[:size]
