@@ -18,6 +18,7 @@ from consortium.data.manifest import DataError
 from consortium.deploy.admin import AdminError
 from consortium.deploy.poc import PocError
 from consortium.deploy.provision import ProvisionError
+from consortium.he.contexts import HEContextError
 
 DEFAULT_SITE_CONFIGS = "site_configs"
 DEFAULT_JOBS = "jobs"
@@ -153,6 +154,7 @@ def cmd_simulate(args) -> int:
         return 1
     for name in (C.METRICS_FILE, C.GLOBAL_MODEL_FILE):
         shutil.copy2(run_dir / name, out / name)
+    _release_plaintext(out, workspace / "startup" / "client_context.tenseal", "the simulated hospitals' key")
     history = json.loads(metrics.read_text())
     history["wall_seconds"] = seconds
     (out / C.METRICS_FILE).write_text(json.dumps(history, indent=1))
@@ -163,6 +165,29 @@ def cmd_simulate(args) -> int:
     print(f"global model: {out / C.GLOBAL_MODEL_FILE}")
     print(f"metrics:      {out / C.METRICS_FILE}")
     print(f"log:          {out / 'simulate.log'}")
+    return 0
+
+
+def _release_plaintext(out: Path, context: Path, holder: str) -> None:
+    """If the global model is ciphertext (HE job), decrypt it as a hospital would, next to it."""
+    from consortium.he.release import decrypt_model_file, is_encrypted
+
+    model = out / C.GLOBAL_MODEL_FILE
+    if model.exists() and is_encrypted(model):
+        encrypted = model.rename(out / C.ENCRYPTED_MODEL_FILE)
+        decrypt_model_file(encrypted, context, model)
+        print(f"HE: the server's checkpoint is ciphertext ({encrypted.name}); decrypted with {holder}")
+
+
+def cmd_he_decrypt(args) -> int:
+    from consortium.he.release import decrypt_model_file
+
+    try:
+        out = decrypt_model_file(Path(args.model), Path(args.context), Path(args.out))
+    except (ValueError, FileNotFoundError, PermissionError) as exc:
+        print(f"ERROR {exc}", file=sys.stderr)
+        return 2
+    print(f"plaintext global model: {out}")
     return 0
 
 
@@ -280,6 +305,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=float, default=1800)
     demo.set_defaults(fn=cmd_demo)
 
+    he = sub.add_parser("he", help="homomorphic encryption tools").add_subparsers(dest="action", required=True)
+    dec = he.add_parser("decrypt", help="decrypt an encrypted global model with a hospital's client_context.tenseal")
+    dec.add_argument("model", help="the server's ciphertext checkpoint (global_model.pt of an HE job)")
+    dec.add_argument("--context", required=True, help="startup/client_context.tenseal of a hospital kit")
+    dec.add_argument("--out", default="global_model.plain.pt")
+    dec.set_defaults(fn=cmd_he_decrypt)
+
     base = sub.add_parser("baseline", help="train without federation: each site alone, or pooled data")
     base.add_argument("kind", choices=["local", "pooled"])
     base.add_argument("--job", default="fedavg", help="job whose settings to copy (default fedavg)")
@@ -293,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, DataError, PocError, AdminError, ProvisionError) as exc:
+    except (ConfigError, DataError, PocError, AdminError, ProvisionError, HEContextError) as exc:
         print(f"ERROR {exc}", file=sys.stderr)
         return 2
 

@@ -25,3 +25,4 @@ KIT_SITE_CONFIG_FOLDER = "consortium"  # <kit>/local/consortium/<site>.yaml, wri
 # Files written by the server workflow into its run directory.
 GLOBAL_MODEL_FILE = "global_model.pt"
 METRICS_FILE = "metrics.json"
+ENCRYPTED_MODEL_FILE = "global_model.encrypted.pt"  # HE jobs: the server's ciphertext checkpoint

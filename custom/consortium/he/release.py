@@ -1,0 +1,33 @@
+"""Plaintext model release: a hospital decrypts the server's ciphertext checkpoint with its own kit's key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from consortium.he.ckks import PAYLOAD_KEY
+
+
+def is_encrypted(model_path: Path) -> bool:
+    import torch
+
+    return PAYLOAD_KEY in torch.load(model_path, weights_only=False, map_location="cpu")
+
+
+def decrypt_model_file(model_path: Path, context_path: Path, out: Path) -> Path:
+    """Decrypt `model_path` (ciphertext global model) with a hospital's `client_context.tenseal`."""
+    import tenseal as ts
+    import torch
+
+    from consortium.filters.he import decrypt_global
+
+    params = torch.load(model_path, weights_only=False, map_location="cpu")
+    if PAYLOAD_KEY not in params:
+        raise ValueError(f"{model_path} is not an encrypted global model (it is already plaintext)")
+    if not context_path.is_file():
+        raise FileNotFoundError(f"{context_path}: no HE context; use startup/client_context.tenseal of a hospital kit")
+    context = ts.context_from(context_path.read_bytes())
+    if not context.has_secret_key():
+        raise PermissionError(f"{context_path} has no secret key (the server's context cannot decrypt)")
+    plain = decrypt_global(context, params)
+    torch.save({k: torch.as_tensor(v) for k, v in plain.items()}, out)
+    return out
