@@ -56,21 +56,21 @@ def test_fedavg_simulation_improves_dice(small_sites, tmp_path):
 
 
 def test_he_job_matches_plaintext_fedavg(small_sites, tmp_path):
-    """One round of fedavg_he in the simulator gives the plaintext FedAvg global model within CKKS precision,
+    """One round of the (HE) fedavg job in the simulator gives the plaintext FedAvg global model within CKKS precision,
     while the server's checkpoint is ciphertext."""
 
     site_configs = next(iter(small_sites.values())).source.parent
     env = {**os.environ, "HOME": str(tmp_path / "home")}
     base = [sys.executable, "-m", "consortium.cli", "--site-configs", str(site_configs), "--jobs", str(REPO / "jobs")]
-    for job in ("fedavg", "fedavg_he"):
+    for job in ("fedavg_plain", "fedavg"):
         cmd = base + ["--runs", str(tmp_path / "runs"), "simulate", job, "--rounds", "1", "--local-epochs", "1"]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "checkpoint is ciphertext" in proc.stdout
-    he_out = tmp_path / "runs" / "fedavg_he"
+    he_out = tmp_path / "runs" / "fedavg"
     encrypted = torch.load(he_out / "global_model.encrypted.pt", weights_only=False)
     assert set(encrypted) == {"__he__"} and all(isinstance(c, bytes) for c in encrypted["__he__"]["chunks"])
-    plain = torch.load(tmp_path / "runs" / "fedavg" / "global_model.pt")
+    plain = torch.load(tmp_path / "runs" / "fedavg_plain" / "global_model.pt")
     released = torch.load(he_out / "global_model.pt")
     err = max(float((plain[k].float() - released[k].float()).abs().max()) for k in plain)
     print(f"max abs error, HE vs plaintext global model after one round: {err:.2e}")
