@@ -140,3 +140,13 @@ def test_clear_errors(kit, tmp_path):
     enc = _encrypt(secret, sites[0], 5)
     with pytest.raises(HEContextError, match="secret key"):
         agg.accept_model(FLModel(params=enc.data, params_type=ParamsType.FULL, meta={"client_name": "s0"}))
+
+
+def test_mismatched_key_is_reported(kit, tmp_path):
+    other = tmp_path / "other"
+    write_contexts(other / "startup")  # a second provisioning run: same parameters, different keys
+    sites, steps = _sites(4)
+    _, result = _aggregate(kit, [_encrypt(kit, p, w) for p, w in zip(sites, steps, strict=True)])
+    wrong = ts.context_from((other / "startup" / CLIENT_CONTEXT).read_bytes())
+    with pytest.raises(HEContextError, match="key differs"):
+        decrypt_global(wrong, result.params)

@@ -12,7 +12,10 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 
 from consortium.he.ckks import PAYLOAD_KEY, Layout, decrypt, encrypt_weighted, flatten, split_layers, unflatten
-from consortium.he.contexts import CLIENT_CONTEXT, load_context
+from consortium.he.contexts import CLIENT_CONTEXT, HEContextError, load_context
+
+# Model weights are small numbers; CKKS decryption under a different key gives values around 1e9 and more.
+MAX_PLAUSIBLE_WEIGHT = 1e6
 
 
 class _SiteContext:
@@ -84,7 +87,13 @@ def decrypt_global(context, params: dict) -> dict[str, np.ndarray]:
     he = params[PAYLOAD_KEY]
     layout = Layout.from_wire(he["layout"])
     total = float(he["weight"])
-    out = unflatten(decrypt(context, he["chunks"], layout.size) / total, layout)
+    flat = decrypt(context, he["chunks"], layout.size) / total
+    if flat.size and not (np.isfinite(flat).all() and np.abs(flat).max() < MAX_PLAUSIBLE_WEIGHT):
+        raise HEContextError(
+            "decrypting the global model gave garbage: this site's HE key differs from the other sites' "
+            "(kits from different provisioning runs?). Give every site a kit from the same provisioning."
+        )
+    out = unflatten(flat, layout)
     for name, value in params.items():
         if name != PAYLOAD_KEY:
             out[name] = (np.asarray(value, dtype=np.float64) / total).astype(np.float32)
