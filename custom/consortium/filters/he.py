@@ -11,7 +11,16 @@ from nvflare.apis.fl_constant import FLMetaKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 
-from consortium.he.ckks import PAYLOAD_KEY, Layout, decrypt, encrypt_weighted, flatten, split_layers, unflatten
+from consortium.he.ckks import (
+    PAYLOAD_KEY,
+    Layout,
+    decrypt,
+    encrypt_weighted,
+    flatten,
+    serialize,
+    split_layers,
+    unflatten,
+)
 from consortium.he.contexts import CLIENT_CONTEXT, HEContextError, load_context
 
 # Model weights are small numbers; CKKS decryption under a different key gives values around 1e9 and more.
@@ -59,7 +68,7 @@ class HEEncryptUpdate(Filter):
             self.log_info(fl_ctx, f"HE: {len(exposed)} layer(s) sent in plaintext by job setting: {exposed}")
         flat, layout = flatten(dxo.data, encrypted)
         payload = {name: np.asarray(dxo.data[name], dtype=np.float64) * weight for name in exposed}
-        chunks = encrypt_weighted(self._site.context(fl_ctx), flat, weight)
+        chunks = serialize(encrypt_weighted(self._site.context(fl_ctx), flat, weight))
         payload[PAYLOAD_KEY] = {"chunks": chunks, "layout": layout.to_wire(), "weight": float(weight)}
         dxo.data = payload
         return dxo.update_shareable(shareable)

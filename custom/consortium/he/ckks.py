@@ -67,14 +67,16 @@ def slot_count(context) -> int:
     return context.seal_context().data.first_context_data().parms().poly_modulus_degree() // 2
 
 
-def encrypt_weighted(context, flat: np.ndarray, weight: float) -> list[bytes]:
-    """enc(flat) * weight, packed into as few ciphertexts as the slot count allows, serialized."""
+def encrypt_weighted(context, flat: np.ndarray, weight: float) -> list:
+    """enc(flat) * weight, packed into as few CKKS vectors as the slot count allows."""
     import tenseal as ts
 
     slots = slot_count(context)
-    return [
-        (ts.ckks_vector(context, flat[i : i + slots]) * float(weight)).serialize() for i in range(0, len(flat), slots)
-    ]
+    return [ts.ckks_vector(context, flat[i : i + slots]) * float(weight) for i in range(0, len(flat), slots)]
+
+
+def serialize(vectors: list) -> list[bytes]:
+    return [v.serialize() for v in vectors]
 
 
 def add_encrypted(context, total: list | None, chunks: list[bytes]) -> list:
