@@ -1,25 +1,46 @@
-"""Benchmark: our packed HE aggregation against FLARE's stock per-layer HE path and plaintext FedAvg.
+"""Benchmark: our packed CKKS aggregation vs FLARE's stock per-layer HE path vs plaintext FedAvg.
 
-Usage: python bench/he.py [--no-rounds]
+Usage:
+    . .venv/bin/activate
+    python bench/he.py                # model table + simulator rounds (about 4 minutes on 2 cores)
+    python bench/he.py --no-rounds    # model table only
+    python bench/he.py --repeat 3     # median of 3 runs per path (the machine may be shared)
 
-Same CKKS parameters for both HE paths (8192, [60, 40, 40], 2^40), 3 sites, weights = local steps.
-- ours:  consortium HEEncryptUpdate -> HESumAggregator -> decrypt_global (the classes the job runs)
-- stock: FLARE's HEModelEncryptor (run as is, per-layer ciphertexts, weights applied in plaintext),
-         then what HEInTimeAccumulateWeightedAggregator and HEModelDecryptor do per layer: add the
-         sites' ciphertexts, scale by 1/total weight on the server, decrypt each layer. The stock
-         aggregator weights every contribution again in ciphertext space before that scaling; a
-         second multiplication exceeds the depth of [60, 40, 40], so it is tried and reported.
-- plain: weighted mean of float32 arrays.
-Bytes are the FOBS-serialized task result a site sends. Then (unless --no-rounds) the demo job runs
-in the simulator with and without HE and the mean round time is compared.
+Both HE paths use the same CKKS parameters (poly_modulus_degree 8192, coeff_mod_bit_sizes
+[60, 40, 40], scale 2^40, contexts from consortium.he.contexts.write_contexts), 3 sites and the same
+per-site weights (STEPS, the demo job's local steps per round), and run the real FLARE components
+standalone on a real FLContext + Workspace:
+  ours   HEEncryptUpdate (site) -> HESumAggregator (server) -> HEDecryptModel (site)
+  stock  nvflare.app_opt.he: HEModelEncryptor (site, weigh_by_local_iter=True) ->
+         HEInTimeAccumulateWeightedAggregator (server, class default weigh_by_local_iter=False) ->
+         HEModelDecryptor (site; the flat layers are then reshaped, as a site's learner does).
+         The same aggregator with weigh_by_local_iter=True (weights applied again in ciphertext) is
+         also tried on the same messages and reported as its own row.
+  plain  float32 arrays, consortium.aggregators.weighted.weighted_mean on the server.
+
+Columns (seconds, wall clock, one thread):
+  encrypt    site: the task-result filter (ours also turns ciphertexts into bytes here; stock leaves
+             CKKSVector objects for FOBS to serialize); plain: none
+  serialize  site: fobs.dumps of the task result; "MB/site" is the length of those bytes
+  aggregate  server, 3 sites: fobs.loads of the 3 messages, accept, aggregate, fobs.dumps of the result
+  decrypt    site: fobs.loads of the global model, the task-data filter (plain: fobs.loads only)
+  enc+agg+dec  encrypt + aggregate + decrypt (the targets' measure)
+  total      encrypt + serialize + aggregate + decrypt, one site's critical path: the fairer measure,
+             since ours turns ciphertexts into bytes inside its filter (encrypt) and stock inside FOBS
+             (serialize), so enc+agg+dec charges that work to ours only.
+  max err    max abs difference from weighted_mean of the plaintext float32 site models.
+A warm-up round on a 4-value model runs first, so loading contexts (once per job) is not timed.
+The "full round" section runs the demo job in the simulator, plaintext and encrypted, and compares
+the mean round time of rounds 1..2 (round 0 includes data loading).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
+import logging
+import math
 import os
 import subprocess
 import sys
@@ -28,43 +49,53 @@ import time
 from pathlib import Path
 
 import numpy as np
-import tenseal as ts
 import torch
 from nvflare.apis.dxo import DXO, DataKind, from_shareable
+from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_constant import FLContextKey, FLMetaKey, ReservedKey
 from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable
 from nvflare.apis.workspace import Workspace
-from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
-from nvflare.app_opt.he import decomposers
+from nvflare.app_common.app_constant import AppConstants
+from nvflare.app_common.decomposers import common_decomposers
+from nvflare.app_common.utils.fl_model_utils import FLModelUtils
+from nvflare.app_opt.he import decomposers as he_decomposers
+from nvflare.app_opt.he.intime_accumulate_model_aggregator import HEInTimeAccumulateWeightedAggregator
+from nvflare.app_opt.he.model_decryptor import HEModelDecryptor
 from nvflare.app_opt.he.model_encryptor import HEModelEncryptor
+from nvflare.fuel.sec.security_content_service import SecurityContentService
 from nvflare.fuel.utils import fobs
 
 from consortium.aggregators.he import HESumAggregator
 from consortium.aggregators.weighted import weighted_mean
 from consortium.executors.trainer import state_to_numpy
-from consortium.filters.he import HEEncryptUpdate, decrypt_global
-from consortium.he.ckks import encrypt_weighted, flatten, serialize
-from consortium.he.contexts import CLIENT_CONTEXT, SERVER_CONTEXT, write_contexts
+from consortium.filters.he import HEDecryptModel, HEEncryptUpdate
+from consortium.he.contexts import write_contexts
+from consortium.jobs import load_job_spec
 from consortium.tasks.seg2d import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = [36.0, 22.0, 10.0]
+CKKS = {"poly_modulus_degree": 8192, "coeff_mod_bit_sizes": [60, 40, 40], "scale_bits": 40}
+SITES = ("hospital-a", "hospital-b", "hospital-c")
+STEPS = (36.0, 22.0, 10.0)  # local steps per round of hospital-a/b/c in the demo job (its metrics.json)
+MODELS = {"demo UNet": {}, "UNet 28..448": {"channels": (28, 56, 112, 224, 448)}}  # about 0.4 M and 5 M
+NOISE = 0.01  # std of the per-site perturbation of the initial weights, so the sites differ
 TIMED = ("enc", "ser", "agg", "dec")
 
 
-def fl_ctx(root: Path, name: str) -> FLContext:
-    ctx = FLContext()
-    ctx.set_prop(FLContextKey.WORKSPACE_OBJECT, Workspace(str(root), name), private=True, sticky=False)
-    peer = FLContext()
-    peer.set_prop(ReservedKey.IDENTITY_NAME, name, private=False, sticky=False)
-    ctx.set_peer_context(peer)
-    return ctx
-
-
-def site_models(model: torch.nn.Module, n: int) -> list[dict]:
-    base = state_to_numpy(model)
-    rng = np.random.default_rng(0)
-    return [{k: (v + rng.normal(0, 0.01, v.shape)).astype(np.float32) for k, v in base.items()} for _ in range(n)]
+@contextlib.contextmanager
+def quiet():
+    """Silence FLARE's per-layer logs and TenSEAL's C++ warnings (written straight to fd 1)."""
+    sys.stdout.flush()
+    saved, devnull = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    logging.disable(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+        os.dup2(saved, 1)
+        os.close(saved), os.close(devnull)
 
 
 def timed(fn, *args):
@@ -73,162 +104,320 @@ def timed(fn, *args):
     return out, time.perf_counter() - start
 
 
-def run_ours(root: Path, sites: list[dict]) -> dict:
-    """Times the steps of HEEncryptUpdate separately (encrypt, then serialize), then runs the filter itself
-    for what a site actually sends."""
-    client = ts.context_from((root / "startup" / CLIENT_CONTEXT).read_bytes())
-    enc, ser, sizes, sent = [], [], [], []
-    for params, steps in zip(sites, STEPS, strict=True):
-        flat, _ = flatten(params, list(params))
-        vectors, t = timed(encrypt_weighted, client, flat, steps)
-        _, t_ser = timed(serialize, vectors)
-        dxo = DXO(DataKind.WEIGHTS, data=dict(params), meta={FLMetaKey.NUM_STEPS_CURRENT_ROUND: steps})
-        out = HEEncryptUpdate().process(dxo.to_shareable(), fl_ctx(root, "site"))
-        blob, t2 = timed(fobs.dumps, out)
-        enc.append(t), ser.append(t_ser + t2), sizes.append(len(blob))
-        sent.append(from_shareable(fobs.loads(blob)).data)
-    agg = HESumAggregator()
-    agg.fl_ctx = fl_ctx(root, "server")
-
-    def aggregate():
-        for i, data in enumerate(sent):
-            agg.accept_model(FLModel(params=data, params_type=ParamsType.FULL, meta={"client_name": f"s{i}"}))
-        return agg.aggregate_model().params
-
-    result, t_agg = timed(aggregate)
-    client = ts.context_from((root / "startup" / CLIENT_CONTEXT).read_bytes())
-    plain, t_dec = timed(decrypt_global, client, result)
-    return {"enc": np.mean(enc), "ser": np.mean(ser), "bytes": np.mean(sizes), "agg": t_agg, "dec": t_dec, "out": plain}
+# -- a standalone FLARE participant ---------------------------------------------------------------------
 
 
-def run_stock(root: Path, sites: list[dict]) -> dict:
-    client = ts.context_from((root / "startup" / CLIENT_CONTEXT).read_bytes())
-    server = ts.context_from((root / "startup" / SERVER_CONTEXT).read_bytes())
-    enc, ser, sizes, sent = [], [], [], []
-    for params, steps in zip(sites, STEPS, strict=True):
-        encryptor = HEModelEncryptor(weigh_by_local_iter=True)
-        encryptor.tenseal_context = client  # what its START_RUN handler sets up
-        encryptor.encrypt_layers = [True]
-        dxo = DXO(DataKind.WEIGHTS, data=dict(params), meta={FLMetaKey.NUM_STEPS_CURRENT_ROUND: steps})
-        with contextlib.redirect_stdout(io.StringIO()):  # TenSEAL warns for every layer > 4096 values
-            out, t = timed(encryptor.process_dxo, dxo, dxo.to_shareable(), fl_ctx(root, "site"))
-        blob, t2 = timed(fobs.dumps, out.to_shareable())
-        enc.append(t), ser.append(t2), sizes.append(len(blob)), sent.append(blob)
-    names = list(sites[0])
-    # what arrives at the server: per-layer serialized ciphertexts (deserialized inside the timing, as ours)
-    layers = [{k: v.serialize() for k, v in from_shareable(fobs.loads(blob)).data.items()} for blob in sent]
+def make_kit(root: Path) -> Path:
+    """A workspace root with local/ and startup/ (both contexts, as HEBuilder writes them)."""
+    (root / "local").mkdir(parents=True, exist_ok=True)
+    write_contexts(root / "startup", CKKS)
+    SecurityContentService.initialize(content_folder=str(root / "startup"))  # stock loads contexts through it
+    return root
 
-    def aggregate(double_multiply: bool):
-        total, weight = {}, sum(STEPS)
-        for data in layers:
-            for k in names:
-                v = ts.ckks_vector_from(server, data[k])
-                v = v * 1.0 if double_multiply else v  # the aggregator's own contribution weight
-                total[k] = total[k] + v if k in total else v
-        return {k: (v * (1.0 / weight)).serialize() for k, v in total.items()}
 
-    try:
-        aggregate(double_multiply=True)
-        failure = None
-    except Exception as exc:  # CKKS [60, 40, 40] has depth 1
-        failure = f"{type(exc).__name__}: {exc}"
-    result, t_agg = timed(aggregate, False)
-    plain, t_dec = timed(lambda: {k: np.asarray(ts.ckks_vector_from(client, v).decrypt()) for k, v in result.items()})
-    out = {k: plain[k].reshape(sites[0][k].shape) for k in names}
+def fl_ctx(root: Path, name: str) -> FLContext:
+    ctx = FLContext()
+    ctx.set_prop(FLContextKey.WORKSPACE_OBJECT, Workspace(str(root), name), private=True, sticky=False)
+    ctx.set_prop(FLContextKey.SECURE_MODE, False, private=True, sticky=False)  # unsigned simulator kit
+    ctx.set_prop(AppConstants.CURRENT_ROUND, 0, private=True, sticky=False)
+    peer = FLContext()  # a site's filters run on results going to (and data coming from) the server
+    peer.set_prop(ReservedKey.IDENTITY_NAME, "server", private=False, sticky=False)
+    ctx.set_peer_context(peer)
+    return ctx
+
+
+def task_result(params: dict, steps: float) -> Shareable:
+    """What the consortium executor returns: full weights and the local step count of the round."""
+    dxo = DXO(DataKind.WEIGHTS, data=dict(params), meta={FLMetaKey.NUM_STEPS_CURRENT_ROUND: steps})
+    result = dxo.to_shareable()
+    result.add_cookie(AppConstants.CONTRIBUTION_ROUND, 0)  # the server's task cookie, echoed back
+    return result
+
+
+def received(blob: bytes, site: str) -> Shareable:
+    """A task result as the server gets it: deserialized, tagged with the sender by the transport."""
+    result = fobs.loads(blob)
+    result.set_peer_props({ReservedKey.IDENTITY_NAME: site})
+    return result
+
+
+# -- the three paths: encrypt (site), aggregate (server), decrypt (site) ---------------------------------
+
+
+class Ours:
+    name = "ours"
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.encrypt_filters = {site: HEEncryptUpdate() for site in SITES}
+        self.decrypt_filter = HEDecryptModel()
+        self.aggregator = HESumAggregator()
+        self.server_ctx = fl_ctx(root, "server")
+        self.aggregator.handle_event(EventType.START_RUN, self.server_ctx)
+
+    def encrypt(self, site: str, result: Shareable) -> Shareable:
+        return self.encrypt_filters[site].process(result, fl_ctx(self.root, site))
+
+    def aggregate(self, results: list[Shareable]) -> Shareable:
+        for site, result in zip(SITES, results, strict=True):
+            model = FLModelUtils.from_shareable(result, self.server_ctx)
+            model.meta["client_name"] = site  # what FLARE's ModelController adds
+            self.aggregator.accept_model(model)
+        return FLModelUtils.to_shareable(self.aggregator.aggregate_model())
+
+    def decrypt(self, site: str, data: Shareable, shapes: dict) -> dict:
+        return from_shareable(self.decrypt_filter.process(data, fl_ctx(self.root, site))).data
+
+
+class Stock:
+    name = "stock"
+
+    def __init__(self, root: Path, server_weighs: bool = False):
+        self.root = root
+        self.server_ctx = fl_ctx(root, "server")
+        self.encrypt_filters = {site: HEModelEncryptor(weigh_by_local_iter=True) for site in SITES}
+        for site, filt in self.encrypt_filters.items():
+            filt.handle_event(EventType.START_RUN, fl_ctx(root, site))
+        self.decrypt_filter = HEModelDecryptor()
+        self.decrypt_filter.handle_event(EventType.START_RUN, fl_ctx(root, SITES[0]))
+        self.aggregator = HEInTimeAccumulateWeightedAggregator(
+            expected_data_kind=DataKind.WEIGHTS, weigh_by_local_iter=server_weighs
+        )
+        self.aggregator.handle_event(EventType.START_RUN, self.server_ctx)
+
+    def encrypt(self, site: str, result: Shareable) -> Shareable:
+        return self.encrypt_filters[site].process(result, fl_ctx(self.root, site))
+
+    def aggregate(self, results: list[Shareable]) -> Shareable:
+        for site, result in zip(SITES, results, strict=True):
+            if not self.aggregator.accept(result, self.server_ctx):
+                raise RuntimeError(f"stock aggregator refused the result of {site}")
+        return self.aggregator.aggregate(self.server_ctx)
+
+    def decrypt(self, site: str, data: Shareable, shapes: dict) -> dict:
+        flat = from_shareable(self.decrypt_filter.process(data, fl_ctx(self.root, site))).data
+        return {k: np.asarray(v, dtype=np.float32).reshape(shapes[k]) for k, v in flat.items()}
+
+
+class Plain:
+    name = "plain"
+
+    def encrypt(self, site: str, result: Shareable) -> Shareable:
+        return result
+
+    def aggregate(self, results: list[Shareable]) -> Shareable:
+        dxos = [from_shareable(r) for r in results]
+        weights = [d.get_meta_prop(FLMetaKey.NUM_STEPS_CURRENT_ROUND) for d in dxos]
+        return DXO(DataKind.WEIGHTS, data=weighted_mean([d.data for d in dxos], weights)).to_shareable()
+
+    def decrypt(self, site: str, data: Shareable, shapes: dict) -> dict:
+        return from_shareable(data).data
+
+
+# -- measuring --------------------------------------------------------------------------------------------
+
+
+def site_models(model: torch.nn.Module, seed: int = 0) -> list[dict]:
+    """The model's own initial weights plus small per-site noise, float32, one dict per site."""
+    base = state_to_numpy(model)
+    rng = np.random.default_rng(seed)
+    return [{k: (v + rng.normal(0, NOISE, v.shape)).astype(np.float32) for k, v in base.items()} for _ in SITES]
+
+
+def send(path, sites: list[dict]) -> tuple[list[bytes], list[float], list[float]]:
+    """Each site filters and serializes its task result: (messages, encrypt seconds, serialize seconds)."""
+    blobs, enc, ser = [], [], []
+    for site, params, steps in zip(SITES, sites, STEPS, strict=True):
+        out, t_enc = timed(path.encrypt, site, task_result(params, steps))
+        blob, t_ser = timed(fobs.dumps, out)
+        blobs.append(blob), enc.append(t_enc), ser.append(t_ser)
+    return blobs, enc, ser
+
+
+def serve(path, blobs: list[bytes]) -> bytes:
+    """Server: receive the sites' messages, aggregate, serialize the global model."""
+    return fobs.dumps(path.aggregate([received(blob, site) for blob, site in zip(blobs, SITES, strict=True)]))
+
+
+def measure(path, sites: list[dict]) -> dict:
+    """One round of `path` for 3 sites; the global model is decrypted at the first site."""
+    shapes = {k: v.shape for k, v in sites[0].items()}
+    with quiet():
+        blobs, enc, ser = send(path, sites)
+        global_blob, t_agg = timed(serve, path, blobs)
+        out, t_dec = timed(lambda: path.decrypt(SITES[0], fobs.loads(global_blob), shapes))
     return {
-        "enc": np.mean(enc),
-        "ser": np.mean(ser),
-        "bytes": np.mean(sizes),
+        "enc": float(np.mean(enc)),
+        "ser": float(np.mean(ser)),
         "agg": t_agg,
         "dec": t_dec,
+        "bytes": float(np.mean([len(b) for b in blobs])),
         "out": out,
-        "failure": failure,
+        "blobs": blobs,
     }
 
 
-def run_plain(sites: list[dict]) -> dict:
-    """Plaintext FedAvg; bytes are the float32 payload (FOBS streams large arrays outside its envelope)."""
-    out, t_agg = timed(weighted_mean, sites, STEPS)
-    size = sum(v.nbytes for v in sites[0].values())
-    return {"enc": 0.0, "ser": 0.0, "bytes": size, "agg": t_agg, "dec": 0.0, "out": out}
+def measure_repeated(path, sites: list[dict], repeat: int) -> dict:
+    """Median of `repeat` runs for every timing; sizes and outputs from the last run."""
+    runs = [measure(path, sites) for _ in range(repeat)]
+    return {**runs[-1], **{k: float(np.median([r[k] for r in runs])) for k in TIMED}}
 
 
-def table(model_name: str, n_params: int, results: dict, want: dict) -> dict:
-    print(f"\n{model_name}: {n_params / 1e6:.2f} M parameters, 3 sites")
+def try_aggregate(path, blobs: list[bytes]) -> dict:
+    """Aggregate already-sent messages with another server configuration; report a failure instead of raising."""
+    start = time.perf_counter()
+    try:
+        with quiet():
+            serve(path, blobs)
+        return {"agg": time.perf_counter() - start, "failure": None}
+    except Exception as exc:  # noqa: BLE001 - the failure is the result
+        return {"agg": time.perf_counter() - start, "failure": f"{type(exc).__name__}: {exc}"}
+
+
+def warm_up(paths: list) -> None:
+    """One round on a 4-value model: contexts are loaded once per job, not per round."""
+    tiny = [{"w": np.full(4, 0.1 * (i + 1), dtype=np.float32)} for i in range(len(SITES))]
+    for path in paths:
+        measure(path, tiny)
+
+
+def stock_wire(blob: bytes) -> tuple[int, int, int]:
+    """(ciphertexts, ciphertext bytes, context bytes) in one stock site message: FLARE's CKKSVector
+    decomposer serializes the vector's context (public and relinearization keys) beside every layer."""
+    with quiet():
+        data = from_shareable(fobs.loads(blob)).data
+    vectors = [v for v in data.values() if hasattr(v, "context")]
+    ct = sum(len(v.serialize()) for v in vectors)
+    contexts = sum(len(v.context().serialize()) for v in vectors)
+    return sum(math.ceil(v.size() / (CKKS["poly_modulus_degree"] // 2)) for v in vectors), ct, contexts
+
+
+def max_error(out: dict, want: dict) -> float:
+    return max(float(np.abs(np.asarray(out[k], dtype=np.float64) - want[k]).max()) for k in want)
+
+
+# -- tables -----------------------------------------------------------------------------------------------
+
+W = 44  # label column
+HEADER = (
+    f"{'path':{W}s} {'encrypt':>8s} {'serialize':>9s} {'MB/site':>8s} {'aggregate':>9s} "
+    f"{'decrypt':>8s} {'enc+agg+dec':>11s} {'total':>8s} {'max err':>8s}"
+)
+
+
+def core(r: dict) -> float:
+    """encrypt + aggregate + decrypt"""
+    return r["enc"] + r["agg"] + r["dec"]
+
+
+def total(r: dict) -> float:
+    """encrypt + serialize + aggregate + decrypt"""
+    return sum(r[k] for k in TIMED)
+
+
+def row(label: str, r: dict, err: float | None) -> str:
+    cells = [f"{r['enc']:8.3f}", f"{r['ser']:9.3f}", f"{r['bytes'] / 1e6:8.2f}"]
+    if r.get("failure"):
+        return f"{label:{W}s} {' '.join(cells)}  FAILED after {r['agg']:.2f} s: {r['failure']}"
+    cells += [f"{r['agg']:9.3f}", f"{r['dec']:8.3f}", f"{core(r):11.3f}", f"{total(r):8.3f}", f"{err:8.1e}"]
+    return f"{label:{W}s} {' '.join(cells)}"
+
+
+def bench_model(paths: dict, label: str, model: torch.nn.Module, repeat: int) -> dict:
+    """Run the three paths on one model, print its table; return the ratios the targets need."""
+    sites = site_models(model)
+    want = {k: v.astype(np.float64) for k, v in weighted_mean(sites, list(STEPS)).items()}
+    n_params = sum(v.size for v in sites[0].values())
+    res = {name: measure_repeated(paths[name], sites, repeat) for name in ("ours", "stock", "plain")}
+    weighted = {**res["stock"], **try_aggregate(paths["stock_weighted"](), res["stock"]["blobs"])}
+    err = {name: max_error(r["out"], want) for name, r in res.items()}
+    print(f"\n{label}: {n_params / 1e6:.2f} M parameters in {len(sites[0])} tensors, {len(SITES)} sites")
+    print(HEADER)
+    print(row("ours (packed, weight in ciphertext)", res["ours"], err["ours"]))
+    print(row("stock (aggregator weigh_by_local_iter=False)", res["stock"], err["stock"]))
+    print(row("stock (aggregator weigh_by_local_iter=True)", weighted, None))
+    print(row("plain (float32 arrays, FOBS)", res["plain"], err["plain"]))
+    n_ct, ct_bytes, ctx_bytes = stock_wire(res["stock"]["blobs"][0])
+    ours_ct = math.ceil(n_params / (CKKS["poly_modulus_degree"] // 2))
     print(
-        f"{'path':7s} {'encrypt s':>9s} {'serialize s':>11s} {'MB/site':>8s} {'aggregate s':>11s} "
-        f"{'decrypt s':>9s} {'enc+agg+dec':>11s} {'max abs err':>11s}"
+        f"  ciphertexts per site: ours {ours_ct}, stock {n_ct}; stock message = {ct_bytes / 1e6:.1f} MB "
+        f"ciphertext + {ctx_bytes / 1e6:.1f} MB of context copies (one per layer)"
     )
-    for name, r in results.items():
-        err = max(float(np.abs(np.asarray(r["out"][k], np.float64) - want[k]).max()) for k in want)
-        r["total"], r["err"] = r["enc"] + r["agg"] + r["dec"], err
-        print(
-            f"{name:7s} {r['enc']:9.3f} {r['ser']:11.3f} {r['bytes'] / 1e6:8.2f} {r['agg']:11.3f} "
-            f"{r['dec']:9.3f} {r['total']:11.3f} {err:11.1e}"
-        )
-    ours, stock = results["ours"], results["stock"]
+    ours, stock, plain = res["ours"], res["stock"], res["plain"]
+    ratios = {"bytes": ours["bytes"] / stock["bytes"], "speedup": core(stock) / core(ours), "err": err["ours"]}
     print(
-        f"ours/stock bytes {ours['bytes'] / stock['bytes']:.2f}x; stock/ours enc+agg+dec "
-        f"{stock['total'] / ours['total']:.2f}x; stock aggregation as FLARE does it (two multiplications): "
-        f"{stock['failure'] or 'ok'}"
+        f"  our bytes / stock bytes = {ratios['bytes']:.2f}; stock / ours: enc+agg+dec {ratios['speedup']:.2f}x, "
+        f"total {total(stock) / total(ours):.2f}x; ours / plain: total {total(ours) / total(plain):.0f}x, "
+        f"bytes {ours['bytes'] / plain['bytes']:.1f}x"
     )
-    return {
-        "bytes_ratio": ours["bytes"] / stock["bytes"],
-        "speedup": stock["total"] / ours["total"],
-        "err": ours["err"],
-    }
+    return ratios
 
 
-def round_times() -> tuple[float, float]:
-    """Mean round seconds (rounds 1-2) of the demo job in the simulator: plaintext and encrypted."""
-    tmp = Path(tempfile.mkdtemp(prefix="he-bench-"))
-    env = {**os.environ, "HOME": str(tmp)}
-    means = []
-    for job in ("fedavg_plain", "fedavg"):
-        cmd = [sys.executable, "-m", "consortium.cli", "--runs", str(tmp), "simulate", job, "--rounds", "3"]
-        subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
-        rounds = json.loads((tmp / job / "metrics.json").read_text())["rounds"][1:]  # round 0 loads data
-        means.append(sum(r["seconds"] for r in rounds) / len(rounds))
-    return means[0], means[1]
+# -- full rounds in the simulator -------------------------------------------------------------------------
+
+
+def simulate(job: str, runs: Path, home: Path, rounds: int) -> list[float]:
+    """Run `job` in the FLARE simulator; per-round seconds from its metrics.json."""
+    cmd = [sys.executable, "-m", "consortium.cli", "--jobs", str(ROOT / "jobs"), "--site-configs"]
+    cmd += [str(ROOT / "site_configs"), "--runs", str(runs), "simulate", job, "--rounds", str(rounds)]
+    env = {**os.environ, "HOME": str(home)}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    history = json.loads((runs / job / "metrics.json").read_text())
+    return [r["seconds"] for r in history["rounds"]]
+
+
+def full_rounds(plain_job: str, he_job: str, rounds: int) -> float:
+    """Print the mean round time (rounds 1..) of the plaintext and the encrypted job; return HE / plain."""
+    for job, he in ((plain_job, False), (he_job, True)):
+        if load_job_spec(job, ROOT / "jobs").he != he:
+            raise SystemExit(f"job {job} has he: {not he}; pass --plain-job / --he-job")
+    tmp = Path(tempfile.mkdtemp(prefix="he-bench-rounds-"))
+    print(f"\nfull round (simulator, {rounds} rounds, 3 sites, demo UNet; mean of rounds 1..{rounds - 1})")
+    means = {}
+    for job in (plain_job, he_job):
+        seconds = simulate(job, tmp / "runs", tmp / "home", rounds)
+        means[job] = float(np.mean(seconds[1:]))  # round 0 includes data loading
+        print(f"  {job:14s} rounds: {', '.join(f'{s:.2f}' for s in seconds)} s -> mean {means[job]:.2f} s")
+    ratio = means[he_job] / means[plain_job]
+    print(f"  encrypted / plaintext round time = {ratio:.2f}x")
+    return ratio
+
+
+def check(label: str, value: float, ok: bool) -> None:
+    print(f"  {label:58s} {value:10.3g}   {'met' if ok else 'NOT met'}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--no-rounds", action="store_true", help="skip the simulator round-time comparison")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per path; times are medians (default 3)")
+    parser.add_argument("--no-rounds", action="store_true", help="skip the full-round simulator comparison")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per path; timings are medians")
+    parser.add_argument("--rounds", type=int, default=3, help="simulator rounds (the first is not counted)")
+    parser.add_argument("--plain-job", default="fedavg_plain", help="plaintext job (he: false)")
+    parser.add_argument("--he-job", default="fedavg", help="encrypted job (he: true)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    decomposers.register()
-    root = Path(tempfile.mkdtemp(prefix="he-ctx-"))
-    (root / "local").mkdir()
-    write_contexts(root / "startup")
-    models = {"demo UNet": build_model(), "UNet 28-448": build_model(channels=(28, 56, 112, 224, 448))}
+    common_decomposers.register(), he_decomposers.register()
+    root = make_kit(Path(tempfile.mkdtemp(prefix="he-bench-kit-")))
+    print(f"CKKS {CKKS}; sites {dict(zip(SITES, STEPS))} (weights = local steps); times in seconds")
+    paths = {"ours": Ours(root), "stock": Stock(root), "plain": Plain()}
+    warm_up(list(paths.values()))  # the same instances run the benchmark
+    paths["stock_weighted"] = lambda: Stock(root, server_weighs=True)  # a fresh one per try: a failure leaves state
     summary = {}
-    for name, model in models.items():
-        sites = site_models(model, len(STEPS))
-        want = {k: v.astype(np.float64) for k, v in weighted_mean(sites, STEPS).items()}
-        results = {}
-        for path, run in (
-            ("ours", lambda sites=sites: run_ours(root, sites)),
-            ("stock", lambda sites=sites: run_stock(root, sites)),
-            ("plain", lambda sites=sites: run_plain(sites)),
-        ):
-            runs = [run() for _ in range(args.repeat)]  # the machine is shared: median of repeats
-            results[path] = {**runs[0], **{k: float(np.median([r[k] for r in runs])) for k in TIMED}}
-        summary[name] = table(name, sum(p.numel() for p in model.parameters()), results, want)
+    for label, kwargs in MODELS.items():
+        torch.manual_seed(0)
+        summary[label] = bench_model(paths, label, build_model(**kwargs), args.repeat)
+    round_ratio = None if args.no_rounds else full_rounds(args.plain_job, args.he_job, args.rounds)
     demo = summary["demo UNet"]
-    print("\ntargets (demo UNet):")
-    verdict = lambda ok: "met" if ok else "NOT met"  # noqa: E731
-    print(f"  bytes per site <= 0.5x stock: {demo['bytes_ratio']:.2f}x -> {verdict(demo['bytes_ratio'] <= 0.5)}")
-    print(f"  enc+agg+dec >= 1.5x faster than stock: {demo['speedup']:.2f}x -> {verdict(demo['speedup'] >= 1.5)}")
-    print(f"  max abs error <= 1e-4: {demo['err']:.1e} -> {verdict(demo['err'] <= 1e-4)}")
-    if not args.no_rounds:
-        plain, he = round_times()
-        ratio = he / plain
-        print(
-            f"  HE round <= 1.5x plaintext round (simulator): {he:.2f} s vs {plain:.2f} s = {ratio:.2f}x -> "
-            f"{'met' if ratio <= 1.5 else 'NOT met'}"
-        )
+    print("\ntargets")
+    check("our bytes <= 0.5x stock (demo UNet)", demo["bytes"], demo["bytes"] <= 0.5)
+    for label, r in summary.items():
+        check(f"our enc+agg+dec >= 1.5x faster than stock ({label})", r["speedup"], r["speedup"] >= 1.5)
+    if round_ratio is not None:
+        check("HE round <= 1.5x plaintext round", round_ratio, round_ratio <= 1.5)
+    for label, r in summary.items():
+        check(f"our max abs error <= 1e-4 ({label})", r["err"], r["err"] <= 1e-4)
     return 0
 
 
