@@ -2,9 +2,10 @@
 
 Usage:
     . .venv/bin/activate
-    python bench/he.py                # model table + simulator rounds (about 4 minutes on 2 cores)
+    python bench/he.py                # model tables + simulator rounds (a few minutes on 2 cores)
     python bench/he.py --no-rounds    # model table only
     python bench/he.py --repeat 3     # median of 3 runs per path (the machine may be shared)
+    python bench/he.py --runs /tmp/r  # keep the simulator runs' logs and metrics.json
 
 Both HE paths use the same CKKS parameters (poly_modulus_degree 8192, coeff_mod_bit_sizes
 [60, 40, 40], scale 2^40, contexts from consortium.he.contexts.write_contexts), 3 sites and the same
@@ -30,8 +31,9 @@ Columns (seconds, wall clock, one thread):
              (serialize), so enc+agg+dec charges that work to ours only.
   max err    max abs difference from weighted_mean of the plaintext float32 site models.
 A warm-up round on a 4-value model runs first, so loading contexts (once per job) is not timed.
-The "full round" section runs the demo job in the simulator, plaintext and encrypted, and compares
-the mean round time of rounds 1..2 (round 0 includes data loading).
+The "full round" section runs the demo job in the simulator, plaintext (fedavg_plain) and encrypted
+(fedavg), and compares the mean round time of rounds 1.. (round 0 includes data loading); "outside
+tasks" is the round time minus the slowest site's task: HE filters, transfer, aggregation, saving.
 """
 
 from __future__ import annotations
@@ -356,32 +358,46 @@ def bench_model(paths: dict, label: str, model: torch.nn.Module, repeat: int) ->
 # -- full rounds in the simulator -------------------------------------------------------------------------
 
 
-def simulate(job: str, runs: Path, home: Path, rounds: int) -> list[float]:
-    """Run `job` in the FLARE simulator; per-round seconds from its metrics.json."""
+def simulate(job: str, runs: Path, home: Path, rounds: int) -> list[dict]:
+    """Run `job` in the FLARE simulator; the per-round records of its metrics.json."""
     cmd = [sys.executable, "-m", "consortium.cli", "--jobs", str(ROOT / "jobs"), "--site-configs"]
     cmd += [str(ROOT / "site_configs"), "--runs", str(runs), "simulate", job, "--rounds", str(rounds)]
     env = {**os.environ, "HOME": str(home)}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-    history = json.loads((runs / job / "metrics.json").read_text())
-    return [r["seconds"] for r in history["rounds"]]
+    return json.loads((runs / job / "metrics.json").read_text())["rounds"]
 
 
-def full_rounds(plain_job: str, he_job: str, rounds: int) -> float:
+def round_stats(records: list[dict]) -> dict:
+    """Means over rounds 1.. (round 0 includes data loading): round, slowest site's task and training."""
+    later = records[1:]
+    task = [max(s["task_seconds"] for s in r["sites"].values()) for r in later]
+    train = [max(s["train_seconds"] for s in r["sites"].values()) for r in later]
+    return {
+        "all": [r["seconds"] for r in records],
+        "round": float(np.mean([r["seconds"] for r in later])),
+        "task": float(np.mean(task)),
+        "train": float(np.mean(train)),
+    }
+
+
+def full_rounds(plain_job: str, he_job: str, rounds: int, tmp: Path) -> float:
     """Print the mean round time (rounds 1..) of the plaintext and the encrypted job; return HE / plain."""
     for job, he in ((plain_job, False), (he_job, True)):
         if load_job_spec(job, ROOT / "jobs").he != he:
             raise SystemExit(f"job {job} has he: {not he}; pass --plain-job / --he-job")
-    tmp = Path(tempfile.mkdtemp(prefix="he-bench-rounds-"))
-    print(f"\nfull round (simulator, {rounds} rounds, 3 sites, demo UNet; mean of rounds 1..{rounds - 1})")
-    means = {}
+    print(f"\nfull round (simulator, {rounds} rounds, 3 sites, demo UNet; means of rounds 1..{rounds - 1})")
+    print(f"  {'job':14s} {'round s':>8s} {'slowest task':>12s} {'its training':>12s} {'outside tasks':>13s}  rounds")
+    stats = {}
     for job in (plain_job, he_job):
-        seconds = simulate(job, tmp / "runs", tmp / "home", rounds)
-        means[job] = float(np.mean(seconds[1:]))  # round 0 includes data loading
-        print(f"  {job:14s} rounds: {', '.join(f'{s:.2f}' for s in seconds)} s -> mean {means[job]:.2f} s")
-    ratio = means[he_job] / means[plain_job]
-    print(f"  encrypted / plaintext round time = {ratio:.2f}x")
+        st = stats[job] = round_stats(simulate(job, tmp / "runs", tmp / "home", rounds))
+        print(
+            f"  {job:14s} {st['round']:8.2f} {st['task']:12.2f} {st['train']:12.2f} {st['round'] - st['task']:13.2f}  "
+            + ", ".join(f"{s:.2f}" for s in st["all"])
+        )
+    ratio = stats[he_job]["round"] / stats[plain_job]["round"]
+    print(f"  encrypted / plaintext round time = {ratio:.2f}x  (outside tasks: filters, transfer, aggregation)")
     return ratio
 
 
@@ -389,26 +405,20 @@ def check(label: str, value: float, ok: bool) -> None:
     print(f"  {label:58s} {value:10.3g}   {'met' if ok else 'NOT met'}")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--no-rounds", action="store_true", help="skip the full-round simulator comparison")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per path; timings are medians")
-    parser.add_argument("--rounds", type=int, default=3, help="simulator rounds (the first is not counted)")
-    parser.add_argument("--plain-job", default="fedavg_plain", help="plaintext job (he: false)")
-    parser.add_argument("--he-job", default="fedavg", help="encrypted job (he: true)")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    common_decomposers.register(), he_decomposers.register()
-    root = make_kit(Path(tempfile.mkdtemp(prefix="he-bench-kit-")))
-    print(f"CKKS {CKKS}; sites {dict(zip(SITES, STEPS))} (weights = local steps); times in seconds")
+def bench_models(root: Path, repeat: int) -> dict:
+    """The model tables; returns each model's ratios."""
+    print(f"CKKS {CKKS}; sites {dict(zip(SITES, STEPS, strict=True))} (weights = local steps); times in seconds")
     paths = {"ours": Ours(root), "stock": Stock(root), "plain": Plain()}
     warm_up(list(paths.values()))  # the same instances run the benchmark
     paths["stock_weighted"] = lambda: Stock(root, server_weighs=True)  # a fresh one per try: a failure leaves state
     summary = {}
     for label, kwargs in MODELS.items():
         torch.manual_seed(0)
-        summary[label] = bench_model(paths, label, build_model(**kwargs), args.repeat)
-    round_ratio = None if args.no_rounds else full_rounds(args.plain_job, args.he_job, args.rounds)
+        summary[label] = bench_model(paths, label, build_model(**kwargs), repeat)
+    return summary
+
+
+def targets(summary: dict, round_ratio: float | None) -> None:
     demo = summary["demo UNet"]
     print("\ntargets")
     check("our bytes <= 0.5x stock (demo UNet)", demo["bytes"], demo["bytes"] <= 0.5)
@@ -418,6 +428,24 @@ def main() -> int:
         check("HE round <= 1.5x plaintext round", round_ratio, round_ratio <= 1.5)
     for label, r in summary.items():
         check(f"our max abs error <= 1e-4 ({label})", r["err"], r["err"] <= 1e-4)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--no-rounds", action="store_true", help="skip the full-round simulator comparison")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per path; timings are medians")
+    parser.add_argument("--rounds", type=int, default=3, help="simulator rounds (the first is not counted)")
+    parser.add_argument("--plain-job", default="fedavg_plain", help="plaintext job (he: false)")
+    parser.add_argument("--he-job", default="fedavg", help="encrypted job (he: true)")
+    parser.add_argument("--runs", type=Path, help="keep the simulator runs (logs, metrics) here; default: temporary")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    common_decomposers.register(), he_decomposers.register()
+    with tempfile.TemporaryDirectory(prefix="he-bench-") as tmp:  # the kit holds a secret key: removed at exit
+        summary = bench_models(make_kit(Path(tmp) / "kit"), args.repeat)
+        rounds_dir = args.runs or Path(tmp) / "rounds"
+        round_ratio = None if args.no_rounds else full_rounds(args.plain_job, args.he_job, args.rounds, rounds_dir)
+    targets(summary, round_ratio)
     return 0
 
 

@@ -150,3 +150,10 @@ def test_mismatched_key_is_reported(kit, tmp_path):
     wrong = ts.context_from((other / "startup" / CLIENT_CONTEXT).read_bytes())
     with pytest.raises(HEContextError, match="key differs"):
         decrypt_global(wrong, result.params)
+
+
+def test_weighted_values_beyond_ckks_headroom_are_refused(kit):
+    """A layer of ones weighted by 200,000 steps would wrap around silently at the last CKKS level."""
+    with pytest.raises(ValueError, match="headroom"):
+        _encrypt(kit, {"w": np.ones(10, np.float32)}, 200_000)
+    assert set(_encrypt(kit, {"w": np.ones(10, np.float32)}, 5_000).data) == {PAYLOAD_KEY}

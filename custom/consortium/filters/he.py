@@ -25,6 +25,11 @@ from consortium.he.contexts import CLIENT_CONTEXT, HEContextError, load_context
 
 # Model weights are small numbers; CKKS decryption under a different key gives values around 1e9 and more.
 MAX_PLAUSIBLE_WEIGHT = 1e6
+# After the weighting multiplication a ciphertext sits at the last level (60-bit modulus, scale 2^40):
+# the *sum over all sites* of weight * value must stay below 2^19 or it wraps around silently. Each
+# site keeps its own share under 2^19 / MAX_SITES, so up to MAX_SITES sites can never overflow.
+MAX_SITES = 64
+HEADROOM = 2**19 / MAX_SITES
 
 
 class _SiteContext:
@@ -67,6 +72,13 @@ class HEEncryptUpdate(Filter):
         if exposed:
             self.log_info(fl_ctx, f"HE: {len(exposed)} layer(s) sent in plaintext by job setting: {exposed}")
         flat, layout = flatten(dxo.data, encrypted)
+        largest = float(np.abs(flat).max()) * weight if flat.size else 0.0
+        if largest >= HEADROOM:
+            raise ValueError(
+                f"HEEncryptUpdate: weight {weight} x largest value {largest / weight:.3g} = {largest:.3g} exceeds the "
+                f"CKKS headroom {HEADROOM:.0f} (60-bit last level, scale 2^40, up to {MAX_SITES} sites): the encrypted "
+                "sum would wrap around. Use fewer local steps per round or larger CKKS coefficient moduli."
+            )
         payload = {name: np.asarray(dxo.data[name], dtype=np.float64) * weight for name in exposed}
         chunks = serialize(encrypt_weighted(self._site.context(fl_ctx), flat, weight))
         payload[PAYLOAD_KEY] = {"chunks": chunks, "layout": layout.to_wire(), "weight": float(weight)}

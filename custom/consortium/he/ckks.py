@@ -2,7 +2,8 @@
 
 Protocol (one multiplication in total, so CKKS [60, 40, 40] has depth to spare):
   site:   x_i -> encrypt(x_i) * w_i   (the plaintext multiplication rescales the ciphertext to the
-                                       lowest modulus level, which also makes it about half the size)
+                                       lowest modulus level: 0.56x the fresh size for 8192/[60,40,40];
+                                       there, sums must stay below 2^19, see filters/he.py HEADROOM)
   server: sum_i enc(w_i x_i)          (additions only; its context has no secret key)
   site:   decrypt(sum) / sum_i w_i    (the total weight travels in plaintext beside the ciphertext)
 """
