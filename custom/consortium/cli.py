@@ -19,6 +19,7 @@ from consortium.deploy.admin import AdminError
 from consortium.deploy.poc import PocError
 from consortium.deploy.provision import ProvisionError
 from consortium.he.contexts import HEContextError
+from consortium.he.release import release_plaintext
 
 DEFAULT_SITE_CONFIGS = "site_configs"
 DEFAULT_JOBS = "jobs"
@@ -154,7 +155,7 @@ def cmd_simulate(args) -> int:
         return 1
     for name in (C.METRICS_FILE, C.GLOBAL_MODEL_FILE):
         shutil.copy2(run_dir / name, out / name)
-    _release_plaintext(out, workspace / "startup" / "client_context.tenseal", "the simulated hospitals' key")
+    release_plaintext(out, workspace / "startup" / "client_context.tenseal", "the simulated hospitals' key")
     history = json.loads(metrics.read_text())
     history["wall_seconds"] = seconds
     (out / C.METRICS_FILE).write_text(json.dumps(history, indent=1))
@@ -166,17 +167,6 @@ def cmd_simulate(args) -> int:
     print(f"metrics:      {out / C.METRICS_FILE}")
     print(f"log:          {out / 'simulate.log'}")
     return 0
-
-
-def _release_plaintext(out: Path, context: Path, holder: str) -> None:
-    """If the global model is ciphertext (HE job), decrypt it as a hospital would, next to it."""
-    from consortium.he.release import decrypt_model_file, is_encrypted
-
-    model = out / C.GLOBAL_MODEL_FILE
-    if model.exists() and is_encrypted(model):
-        encrypted = model.rename(out / C.ENCRYPTED_MODEL_FILE)
-        decrypt_model_file(encrypted, context, model)
-        print(f"HE: the server's checkpoint is ciphertext ({encrypted.name}); decrypted with {holder}")
 
 
 def cmd_he_decrypt(args) -> int:

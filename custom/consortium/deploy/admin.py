@@ -53,7 +53,6 @@ def site_errors(sess, job_id: str) -> list[str]:
 def follow(sess, job_id: str, *, timeout: float, log=print, poll: float = 3.0) -> str:
     """Print the server's per-round progress lines while the job runs; return its final status."""
     shown, deadline = 0, time.time() + timeout
-    status = sess.get_job_meta(job_id).get("status", "")
     while True:
         status = sess.get_job_meta(job_id).get("status", "")
         try:

@@ -118,12 +118,12 @@ def cmd_submit(args) -> int:
             return 1
         out = download_results(sess, job_id, Path(args.runs) / spec.name)
     if spec.he:  # in POC every hospital kit is here: release the plaintext model with the first one's key
-        from consortium.cli import _release_plaintext
+        from consortium.he.release import release_plaintext
 
         state = _state(args)
         site = state["sites"][0]
         kit_context = _paths(args).prod(state["project"]) / site / "startup" / "client_context.tenseal"
-        _release_plaintext(out, kit_context, f"{site}'s kit key")
+        release_plaintext(out, kit_context, f"{site}'s kit key")
     history = json.loads((out / C.METRICS_FILE).read_text())
     print("final global model, validation Dice per site:")
     for site, m in sorted(history.get("final", {}).items()):

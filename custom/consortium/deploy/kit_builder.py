@@ -12,7 +12,7 @@ from nvflare.lighter.spec import Builder
 
 from consortium import constants as C
 from consortium.config import ROLES, SiteConfig, load_site_configs, site_config_dict
-from consortium.deploy.policy import class_allow_list
+from consortium.deploy.policy import with_allow_list
 
 # Rights per FLARE role when a role may submit jobs to a site (FLARE's defaults for `lead`).
 _SUBMITTER_RIGHTS = {
@@ -48,9 +48,7 @@ def _resources(local_dir: str) -> dict:
     resources.json.default, because `nvflare poc prepare` regenerates the server's resources.json from it."""
     default = os.path.join(local_dir, "resources.json.default")
     with open(default) as f:
-        resources = json.load(f)
-    resources["class_allow_list"] = class_allow_list()
-    resources["class_list_enforcement_mode"] = "enforce"
+        resources = with_allow_list(json.load(f))
     _write_json(default, resources)
     return resources
 

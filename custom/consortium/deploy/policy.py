@@ -15,12 +15,17 @@ def class_allow_list() -> list[str]:
     return sorted(set(DEFAULT_CLASS_ALLOW_LIST) | {PACKAGE_PREFIX})
 
 
+def with_allow_list(resources: dict) -> dict:
+    """`resources` with the allow-list admitting `consortium.`, enforced."""
+    resources["class_allow_list"] = class_allow_list()
+    resources["class_list_enforcement_mode"] = "enforce"
+    return resources
+
+
 def write_resources_policy(local_dir: Path) -> Path:
     """Merge the allow-list into `local_dir/resources.json`, keeping any other settings in it."""
     local_dir.mkdir(parents=True, exist_ok=True)
     path = local_dir / "resources.json"
-    resources = json.loads(path.read_text()) if path.exists() else {}
-    resources["class_allow_list"] = class_allow_list()
-    resources["class_list_enforcement_mode"] = "enforce"
+    resources = with_allow_list(json.loads(path.read_text()) if path.exists() else {})
     path.write_text(json.dumps(resources, indent=2))
     return path

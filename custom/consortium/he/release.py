@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from consortium.constants import ENCRYPTED_MODEL_FILE, GLOBAL_MODEL_FILE
 from consortium.he.ckks import PAYLOAD_KEY
 
 
@@ -31,3 +32,12 @@ def decrypt_model_file(model_path: Path, context_path: Path, out: Path) -> Path:
     plain = decrypt_global(context, params)
     torch.save({k: torch.as_tensor(v) for k, v in plain.items()}, out)
     return out
+
+
+def release_plaintext(out: Path, context: Path, holder: str) -> None:
+    """If `out`'s global model is ciphertext (HE job), keep it aside and decrypt it as a hospital would."""
+    model = out / GLOBAL_MODEL_FILE
+    if model.exists() and is_encrypted(model):
+        encrypted = model.rename(out / ENCRYPTED_MODEL_FILE)
+        decrypt_model_file(encrypted, context, model)
+        print(f"HE: the server's checkpoint is ciphertext ({encrypted.name}); decrypted with {holder}")
