@@ -43,7 +43,7 @@ def main() -> int:
         sim = cli + ["--runs", args.runs, "simulate", job, "--rounds", str(spec.rounds)]
         subprocess.run(sim, check=True, stdout=subprocess.DEVNULL)
         history = json.loads((Path(args.runs) / job / "metrics.json").read_text())
-        fed = {s: m["val_dice"] for s, m in history["final"].items()}
+        fed = {s: m["val_score"] for s, m in history["final"].items()}
         he = "encrypted" if load_job_spec(job, ROOT / "jobs").he else "plaintext"
         rows.append((f"FedAvg {he} ({job}, simulator)", fed, time.perf_counter() - start))
 

@@ -162,7 +162,7 @@ def cmd_simulate(args) -> int:
     final = history.get("final", {})
     print(f"done in {seconds:.0f} s. Final global model, validation Dice per site:")
     for site, m in sorted(final.items()):
-        print(f"  {site:14s} {m.get(C.METRIC_DICE, float('nan')):.3f}")
+        print(f"  {site:14s} {m.get(C.METRIC_SCORE, float('nan')):.3f}")
     print(f"global model: {out / C.GLOBAL_MODEL_FILE}")
     print(f"metrics:      {out / C.METRICS_FILE}")
     print(f"log:          {out / 'simulate.log'}")

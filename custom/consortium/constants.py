@@ -7,8 +7,9 @@ TASK_SUBMIT_MODEL = "submit_model"
 
 # Metric keys reported by sites (FLModel.metrics).
 METRIC_TRAIN_LOSS = "train_loss"
-METRIC_DICE = "val_dice"  # Dice of the model a site *received*, on that site's validation split
-METRIC_LOCAL_DICE = "local_dice"  # Dice of the site's locally trained model, on its validation split
+# Scores are the task module's METRIC_NAME (seg2d: Dice; heart: accuracy), on the site's validation split.
+METRIC_SCORE = "val_score"  # score of the model a site *received*
+METRIC_LOCAL_SCORE = "local_score"  # the same score of the site's locally trained model
 METRIC_NUM_TRAIN = "num_train"
 METRIC_NUM_VAL = "num_val"
 METRIC_SECONDS = "train_seconds"  # local training only

@@ -127,7 +127,7 @@ def cmd_submit(args) -> int:
     history = json.loads((out / C.METRICS_FILE).read_text())
     print("final global model, validation Dice per site:")
     for site, m in sorted(history.get("final", {}).items()):
-        print(f"  {site:14s} {m.get(C.METRIC_DICE, float('nan')):.3f}")
+        print(f"  {site:14s} {m.get(C.METRIC_SCORE, float('nan')):.3f}")
     print(f"global model: {out / C.GLOBAL_MODEL_FILE}")
     print(f"metrics:      {out / C.METRICS_FILE}")
     return 0

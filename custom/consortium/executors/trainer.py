@@ -112,8 +112,8 @@ class SiteTrainer(Executor):
         local_dice = self.task.evaluate(self.model, self.val_loader, device=self.device)
         self.local_params = state_to_numpy(self.model)
         metrics = {
-            C.METRIC_DICE: received_dice,
-            C.METRIC_LOCAL_DICE: local_dice,
+            C.METRIC_SCORE: received_dice,
+            C.METRIC_LOCAL_SCORE: local_dice,
             C.METRIC_TRAIN_LOSS: result.loss,
             C.METRIC_SECONDS: result.seconds,
             C.METRIC_TASK_SECONDS: time.perf_counter() - task_start,
@@ -143,7 +143,7 @@ class SiteTrainer(Executor):
             fl_ctx,
             f"{self.site_cfg.name}: validation Dice {dice:.3f} on {len(self.val_loader.dataset)} slices",
         )
-        metrics = {C.METRIC_DICE: dice, C.METRIC_NUM_VAL: len(self.val_loader.dataset)}
+        metrics = {C.METRIC_SCORE: dice, C.METRIC_NUM_VAL: len(self.val_loader.dataset)}
         metrics["validate_seconds"] = time.perf_counter() - start
         return FLModelUtils.to_shareable(FLModel(metrics=metrics))
 

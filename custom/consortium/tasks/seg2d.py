@@ -33,6 +33,7 @@ from monai.transforms import (
 warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
 logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
 
+METRIC_NAME = "Dice"  # what evaluate() returns; reports and progress lines use this name
 HU_WINDOW = (-160.0, 240.0)  # abdominal soft-tissue window
 KEYS = ("image", "label")
 

@@ -72,7 +72,7 @@ class ConsortiumFedAvg(FedAvg):
         self._global = model
         sites = self._round_sites
         self._round_sites = {}
-        dice = {s: m.get(C.METRIC_DICE) for s, m in sites.items()}
+        dice = {s: m.get(C.METRIC_SCORE) for s, m in sites.items()}
         seconds, self._round_start = time.time() - self._round_start, time.time()
         self._history["rounds"].append({"round": self.current_round, "seconds": seconds, "sites": sites})
         shown = ", ".join(f"{s} {d:.3f}" for s, d in sorted(dice.items()) if d is not None)
@@ -92,7 +92,7 @@ class ConsortiumFedAvg(FedAvg):
                 site = (res.meta or {}).get("client_name", "?")
                 self._history["final"][site] = dict(res.metrics or {})
             shown = ", ".join(
-                f"{s} {m.get(C.METRIC_DICE, float('nan')):.3f}" for s, m in self._history["final"].items()
+                f"{s} {m.get(C.METRIC_SCORE, float('nan')):.3f}" for s, m in self._history["final"].items()
             )
             self.info(f"[progress] final global model, validation Dice per site: {shown}")
             self._write_history()
