@@ -153,8 +153,9 @@ def cmd_simulate(args) -> int:
     if code != 0 or not metrics.exists():
         print(f"ERROR simulation failed (exit {code}); full log: {out / 'simulate.log'}", file=sys.stderr)
         return 1
-    for name in (C.METRICS_FILE, C.GLOBAL_MODEL_FILE):
-        shutil.copy2(run_dir / name, out / name)
+    for name in (C.METRICS_FILE, C.GLOBAL_MODEL_FILE, C.CROSS_SITE_FILE):
+        if (run_dir / name).exists():
+            shutil.copy2(run_dir / name, out / name)
     release_plaintext(out, workspace / "startup" / "client_context.tenseal", "the simulated hospitals' key")
     history = json.loads(metrics.read_text())
     history["wall_seconds"] = seconds

@@ -10,10 +10,15 @@ METRIC_TRAIN_LOSS = "train_loss"
 # Scores are the task module's METRIC_NAME (seg2d: Dice; heart: accuracy), on the site's validation split.
 METRIC_SCORE = "val_score"  # score of the model a site *received*
 METRIC_LOCAL_SCORE = "local_score"  # the same score of the site's locally trained model
+METRIC_PERSONAL_SCORE = "personalized_score"  # the global model after fine-tuning at the site
 METRIC_NUM_TRAIN = "num_train"
 METRIC_NUM_VAL = "num_val"
 METRIC_SECONDS = "train_seconds"  # local training only
 METRIC_TASK_SECONDS = "task_seconds"  # the whole train task at the site: load, evaluate, train, evaluate
+
+# Meta keys of tasks and results.
+META_FINETUNE_EPOCHS = "finetune_epochs"  # final validation: fine-tune the global model this many epochs
+META_MODEL_KIND = "model_kind"  # submit_model: "local" (last round's local training) or "personalized"
 
 # Shareable header carrying a site's error text to the server when a task fails there.
 HEADER_SITE_ERROR = "consortium_site_error"
@@ -25,5 +30,8 @@ KIT_SITE_CONFIG_FOLDER = "consortium"  # <kit>/local/consortium/<site>.yaml, wri
 
 # Files written by the server workflow into its run directory.
 GLOBAL_MODEL_FILE = "global_model.pt"
+CROSS_SITE_FILE = "cross_site.json"  # the cross-site matrix: every model on every site's validation data
+# Written by each site into its own run directory: its fine-tuned model, which never has to leave it.
+PERSONAL_MODEL_FILE = "personalized_model.pt"
 METRICS_FILE = "metrics.json"
 ENCRYPTED_MODEL_FILE = "global_model.encrypted.pt"  # HE jobs: the server's ciphertext checkpoint

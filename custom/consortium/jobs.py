@@ -31,8 +31,13 @@ class JobSpec:
     min_clients: int = 2
     he: bool = False  # aggregate CKKS-encrypted updates; the server never holds a decryption key
     he_encrypt_layers: list[str] | None = None  # regexes of layers to encrypt (None: all); others are exposed
+    algorithm: str = "fedavg"  # fedavg | fedprox | scaffold (local-training correction for non-IID sites)
+    prox_mu: float = 0.0  # FedProx proximal coefficient (algorithm: fedprox); 0 is FedAvg
+    finetune_epochs: int = 0  # after training, each site fine-tunes the global model locally (personalization)
+    cross_site: bool = True  # end with FLARE's cross-site evaluation: every model on every site's data
 
     def validate(self, source: Path) -> "JobSpec":
+        from consortium.algorithms import ALGORITHMS
         from consortium.tasks import LR_SCHEDULES, TASKS
 
         checks = [
@@ -43,6 +48,14 @@ class JobSpec:
             (self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"must be one of {', '.join(LR_SCHEDULES)}"),
             (self.batch_size >= 1, "batch_size", "must be >= 1"),
             (self.min_clients >= 1, "min_clients", "must be >= 1"),
+            (self.algorithm in ALGORITHMS, "algorithm", f"must be one of {', '.join(ALGORITHMS)}"),
+            (self.prox_mu >= 0, "prox_mu", "must be >= 0"),
+            (
+                self.prox_mu == 0 or self.algorithm == "fedprox",
+                "prox_mu",
+                f"is only used by algorithm: fedprox (this job has algorithm: {self.algorithm}); remove it",
+            ),
+            (self.finetune_epochs >= 0, "finetune_epochs", "must be >= 0"),
         ]
         for ok, field, problem in checks:
             if not ok:
@@ -108,8 +121,10 @@ def _coerce(kind: str, value):
     return value
 
 
-def build_job(spec: JobSpec):
-    """The FLARE job for `spec`; components are class paths of the installed `consortium` package."""
+def build_job(spec: JobSpec, *, stream_logs: bool = True):
+    """The FLARE job for `spec`; components are class paths of the installed `consortium` package.
+
+    `stream_logs=False` leaves out the site-log streamer: the simulator has no receiver for it."""
     from nvflare.app_common.logging.job_log_streamer import JobLogStreamer
     from nvflare.job_config.api import FedJob
     from nvflare.job_config.defs import FilterType
@@ -118,7 +133,7 @@ def build_job(spec: JobSpec):
     from consortium.aggregators.weighted import WeightedAverage
     from consortium.executors.trainer import SiteTrainer
     from consortium.filters.he import HEDecryptModel, HEEncryptUpdate
-    from consortium.workflows.fedavg import ConsortiumFedAvg
+    from consortium.workflows.fedavg import ConsortiumCrossSiteEval, ConsortiumFedAvg
 
     job = FedJob(name=spec.name, min_clients=spec.min_clients)
     job.set_app_packages(["consortium"])  # sites run the reviewed, installed package: ship no custom code
@@ -128,14 +143,20 @@ def build_job(spec: JobSpec):
         num_rounds=spec.rounds,
         aggregator=HESumAggregator() if spec.he else WeightedAverage(),
         task_check_period=TASK_CHECK_PERIOD,
+        algorithm=spec.algorithm,
+        fedprox_mu=spec.prox_mu if spec.algorithm == "fedprox" and spec.prox_mu > 0 else None,
+        finetune_epochs=spec.finetune_epochs,
+        run_info={"job": spec.name, "he": spec.he, "local_epochs": spec.local_epochs, "lr": spec.lr},
     )
     job.to_server(controller)
+    if spec.cross_site:  # FLARE's cross-site evaluation runs after training, on the saved global model
+        job.to_server(ConsortiumCrossSiteEval(task_check_period=TASK_CHECK_PERIOD))
     if spec.he:
         # sites: weight + encrypt what leaves, decrypt what arrives; the server only adds ciphertexts
         job.to_clients(
             HEEncryptUpdate(encrypt_layers=spec.he_encrypt_layers),
             filter_type=FilterType.TASK_RESULT,
-            tasks=[C.TASK_TRAIN],
+            tasks=[C.TASK_TRAIN, C.TASK_SUBMIT_MODEL],  # a site's own model leaves it encrypted too
         )
         job.to_clients(HEDecryptModel(), filter_type=FilterType.TASK_DATA, tasks=[C.TASK_TRAIN, C.TASK_VALIDATE])
     # Idle sites ask the server for work every `task_request_interval` s (FLARE default 2 s): with rounds of
@@ -148,10 +169,13 @@ def build_job(spec: JobSpec):
         lr_schedule=spec.lr_schedule,
         batch_size=spec.batch_size,
         seed=spec.seed,
+        algorithm=spec.algorithm,
+        finetune_epochs=spec.finetune_epochs,
     )
     job.to_clients(trainer, tasks=[C.TASK_TRAIN, C.TASK_VALIDATE, C.TASK_SUBMIT_MODEL])
     # Stream each site's job log to the server, so `consortium logs/status` show a site's own errors.
-    job.to_clients(JobLogStreamer(), id="log_streamer")
+    if stream_logs:
+        job.to_clients(JobLogStreamer(), id="log_streamer")
     return job
 
 
@@ -172,5 +196,5 @@ def simulate(spec: JobSpec, *, sites: list[str], site_config_dir: Path, workspac
         from consortium.he.contexts import write_contexts
 
         write_contexts(Path(workspace) / "startup")
-    job = build_job(spec)
+    job = build_job(spec, stream_logs=False)
     return job.simulator_run(str(workspace), clients=sites, threads=threads or len(sites), log_config="concise")

@@ -75,3 +75,11 @@ def test_he_job_matches_plaintext_fedavg(small_sites, tmp_path):
     err = max(float((plain[k].float() - released[k].float()).abs().max()) for k in plain)
     print(f"max abs error, HE vs plaintext global model after one round: {err:.2e}")
     assert set(plain) == set(released) and err < 1e-4
+
+    # cross-site evaluation ran with HE on: the server forwarded ciphertexts, each site decrypted them
+    he_matrix = json.loads((he_out / "metrics.json").read_text())["cross_site"]
+    plain_matrix = json.loads((tmp_path / "runs" / "fedavg_plain" / "metrics.json").read_text())["cross_site"]
+    assert he_matrix["models"] == ["global", "site-a", "site-b"] and he_matrix["sites"] == ["site-a", "site-b"]
+    for model in he_matrix["models"]:
+        for site in he_matrix["sites"]:
+            assert he_matrix["scores"][model][site] == pytest.approx(plain_matrix["scores"][model][site], abs=0.02)

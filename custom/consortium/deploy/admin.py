@@ -73,7 +73,7 @@ def download(sess, job_id: str, dest: Path) -> Path:
     """Download the job's results and copy the global model and metrics to `dest`."""
     folder = Path(sess.download_job_result(job_id))
     dest.mkdir(parents=True, exist_ok=True)
-    for name in (C.GLOBAL_MODEL_FILE, C.METRICS_FILE):
+    for name in (C.GLOBAL_MODEL_FILE, C.METRICS_FILE, C.CROSS_SITE_FILE):
         found = list(folder.rglob(name))
         if found:
             shutil.copy2(found[0], dest / name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 
@@ -13,9 +14,11 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.signal import Signal
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
+from nvflare.app_common.app_constant import AlgorithmConstants, AppConstants
 from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 
 from consortium import constants as C
+from consortium.algorithms import FedProx, Scaffold, split_controls, with_controls
 from consortium.config import load_site_config
 from consortium.tasks import get_task, round_lr
 
@@ -45,7 +48,18 @@ class SiteTrainer(Executor):
     resources come from the site config, which the job cannot see or change.
     """
 
-    def __init__(self, *, task: str, local_epochs: int, lr: float, lr_schedule: str, batch_size: int, seed: int):
+    def __init__(
+        self,
+        *,
+        task: str,
+        local_epochs: int,
+        lr: float,
+        lr_schedule: str,
+        batch_size: int,
+        seed: int,
+        algorithm: str = "fedavg",
+        finetune_epochs: int = 0,
+    ):
         # No defaults: every experiment setting is written into the exported job, none comes from the site.
         super().__init__()
         if local_epochs < 1 or lr <= 0 or batch_size < 1:
@@ -56,6 +70,14 @@ class SiteTrainer(Executor):
         self._task, self.local_epochs, self.lr, self.lr_schedule = task, local_epochs, lr, lr_schedule
         self.batch_size, self.seed = batch_size, seed
         round_lr(lr, 0, 1, lr_schedule)  # refuse an unknown schedule when the job is built, not mid-run
+        from consortium.algorithms import ALGORITHMS
+
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"SiteTrainer: unknown algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
+        if finetune_epochs < 0:
+            raise ValueError(f"SiteTrainer: finetune_epochs must be >= 0, got {finetune_epochs}")
+        self.algorithm, self.finetune_epochs = algorithm, finetune_epochs
+        self._scaffold = Scaffold() if algorithm == "scaffold" else None
         self._ready = False
 
     def _setup(self, fl_ctx: FLContext) -> None:
@@ -73,6 +95,7 @@ class SiteTrainer(Executor):
         for line in report.summary().splitlines():
             self.log_info(fl_ctx, line)
         self.local_params: dict | None = None
+        self.personal_params: dict | None = None  # fine-tuned at this site; leaves it only for cross-site eval
         self._ready = True
 
     def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
@@ -97,7 +120,8 @@ class SiteTrainer(Executor):
     def _train(self, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         task_start = time.perf_counter()
         incoming = FLModelUtils.from_shareable(shareable)
-        load_numpy_state(self.model, incoming.params)
+        weights, controls = split_controls(incoming.params)
+        load_numpy_state(self.model, weights)
         received_dice = self.task.evaluate(self.model, self.val_loader, device=self.device)
         result = self.task.train(
             self.model,
@@ -106,6 +130,7 @@ class SiteTrainer(Executor):
             lr=round_lr(self.lr, incoming.current_round or 0, incoming.total_rounds or 1, self.lr_schedule),
             device=self.device,
             should_stop=lambda: abort_signal.triggered,
+            algorithm=self._round_algorithm(incoming, controls),
         )
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
@@ -126,29 +151,67 @@ class SiteTrainer(Executor):
             f"after local training {local_dice:.3f}; loss {result.loss:.3f}, "
             f"{result.steps} steps in {result.seconds:.1f} s",
         )
+        params = self.local_params
+        if self._scaffold is not None:  # c_i travels with the weights: averaged (and encrypted) like them
+            params = with_controls(params, self._scaffold.end_round(self.model))
         out = FLModel(
-            params=self.local_params,
+            params=params,
             params_type=ParamsType.FULL,
             metrics=metrics,
             meta={FLMetaKey.NUM_STEPS_CURRENT_ROUND: result.steps},
         )
         return FLModelUtils.to_shareable(out)
 
+    def _round_algorithm(self, incoming: FLModel, controls: dict):
+        """This round's local-training correction: None (FedAvg), FedProx or SCAFFOLD."""
+        if self.algorithm == "scaffold":
+            self._scaffold.begin_round(self.model, controls)
+            return self._scaffold
+        if self.algorithm == "fedprox":
+            # mu comes with the task, by FLARE's FedAvg contract (its `fedprox_mu`); absent means mu = 0
+            return FedProx(self.model, float((incoming.meta or {}).get(AlgorithmConstants.FEDPROX_MU) or 0.0))
+        return None
+
     def _validate(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         incoming = FLModelUtils.from_shareable(shareable)
-        load_numpy_state(self.model, incoming.params)
+        weights, _ = split_controls(incoming.params)
+        load_numpy_state(self.model, weights)
         start = time.perf_counter()
-        dice = self.task.evaluate(self.model, self.val_loader, device=self.device)
+        score = self.task.evaluate(self.model, self.val_loader, device=self.device)
+        owner = (incoming.meta or {}).get(AppConstants.MODEL_OWNER)
+        name = getattr(self.task, "METRIC_NAME", "score")
         self.log_info(
             fl_ctx,
-            f"{self.site_cfg.name}: validation Dice {dice:.3f} on {len(self.val_loader.dataset)} slices",
+            f"{self.site_cfg.name}: {name} {score:.3f} of the {owner or 'global'} model "
+            f"on {len(self.val_loader.dataset)} validation samples",
         )
-        metrics = {C.METRIC_SCORE: dice, C.METRIC_NUM_VAL: len(self.val_loader.dataset)}
+        metrics = {C.METRIC_SCORE: score, C.METRIC_NUM_VAL: len(self.val_loader.dataset)}
+        finetune = int((incoming.meta or {}).get(C.META_FINETUNE_EPOCHS) or 0)
+        if finetune > 0:
+            metrics[C.METRIC_PERSONAL_SCORE] = self._personalize(finetune, fl_ctx)
         metrics["validate_seconds"] = time.perf_counter() - start
         return FLModelUtils.to_shareable(FLModel(metrics=metrics))
 
+    def _personalize(self, epochs: int, fl_ctx: FLContext) -> float:
+        """Fine-tune the final global model on this site's data; the result stays here (and is saved here)."""
+        model = copy.deepcopy(self.model)
+        self.task.train(model, self.train_loader, epochs=epochs, lr=self.lr, device=self.device)
+        score = self.task.evaluate(model, self.val_loader, device=self.device)
+        self.personal_params = state_to_numpy(model)
+        run_dir = fl_ctx.get_engine().get_workspace().get_run_dir(fl_ctx.get_job_id())
+        path = os.path.join(run_dir, C.PERSONAL_MODEL_FILE)
+        torch.save({k: torch.as_tensor(v) for k, v in self.personal_params.items()}, path)
+        name = getattr(self.task, "METRIC_NAME", "score")
+        self.log_info(fl_ctx, f"{self.site_cfg.name}: fine-tuned {epochs} epoch(s): {name} {score:.3f}; saved {path}")
+        return score
+
     def _submit_model(self, fl_ctx: FLContext) -> Shareable:
-        if self.local_params is None:
+        """This site's own model for cross-site evaluation: fine-tuned if the job fine-tunes, else last local."""
+        params = self.personal_params if self.personal_params is not None else self.local_params
+        if params is None:
             self.log_error(fl_ctx, "submit_model: this site has not trained in this job yet")
             return make_reply(ReturnCode.EMPTY_RESULT)
-        return FLModelUtils.to_shareable(FLModel(params=self.local_params, params_type=ParamsType.FULL))
+        kind = "personalized" if self.personal_params is not None else "local"
+        # weight 1: an HE job encrypts this model like an update, and the validating site divides by 1
+        meta = {FLMetaKey.NUM_STEPS_CURRENT_ROUND: 1, C.META_MODEL_KIND: kind}
+        return FLModelUtils.to_shareable(FLModel(params=params, params_type=ParamsType.FULL, meta=meta))

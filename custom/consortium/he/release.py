@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from consortium.algorithms import split_controls
 from consortium.constants import ENCRYPTED_MODEL_FILE, GLOBAL_MODEL_FILE
 from consortium.he.ckks import PAYLOAD_KEY
 
@@ -29,7 +30,7 @@ def decrypt_model_file(model_path: Path, context_path: Path, out: Path) -> Path:
     context = ts.context_from(context_path.read_bytes())
     if not context.has_secret_key():
         raise PermissionError(f"{context_path} has no secret key (the server's context cannot decrypt)")
-    plain = decrypt_global(context, params)
+    plain, _ = split_controls(decrypt_global(context, params))  # SCAFFOLD's controls are not model weights
     torch.save({k: torch.as_tensor(v) for k, v in plain.items()}, out)
     return out
 

@@ -99,8 +99,12 @@ def train(
     device: str = "cpu",
     should_stop: Callable[[], bool] = lambda: False,
     optimizer: torch.optim.Optimizer | None = None,
+    algorithm=None,
 ) -> TrainResult:
-    """Train for `epochs` passes (or `max_steps` batches); returns steps taken and mean loss."""
+    """Train for `epochs` passes (or `max_steps` batches); returns steps taken and mean loss.
+
+    `algorithm` (FedProx, SCAFFOLD; see consortium.algorithms) adds `loss_term(model)` to the loss and
+    runs `after_step(model, lr)` after every optimizer step; None is plain local training (FedAvg)."""
     model.to(device).train()
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = DiceCELoss(sigmoid=True, batch=True)
@@ -112,8 +116,11 @@ def train(
             image, label = batch["image"].to(device), batch["label"].to(device)
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(image), label)
-            loss.backward()
+            extra = algorithm.loss_term(model) if algorithm is not None else None
+            (loss if extra is None else loss + extra).backward()
             optimizer.step()
+            if algorithm is not None:
+                algorithm.after_step(model, lr)
             steps += 1
             total += float(loss.detach())
     return TrainResult(steps=steps, loss=total / max(steps, 1), seconds=time.perf_counter() - start)

@@ -8,9 +8,13 @@ import time
 
 import torch
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
+from nvflare.app_common.abstract.model import make_model_learnable
+from nvflare.app_common.abstract.model_persistor import ModelPersistor
+from nvflare.app_common.workflows.cross_site_eval import CrossSiteEval
 from nvflare.app_common.workflows.fedavg import FedAvg
 
 from consortium import constants as C
+from consortium.algorithms import split_controls, with_controls, zero_controls
 from consortium.executors.trainer import state_to_numpy
 from consortium.he.ckks import PAYLOAD_KEY
 from consortium.tasks import get_task
@@ -21,14 +25,29 @@ class ConsortiumFedAvg(FedAvg):
     site reports each round in `metrics.json`, saves `global_model.pt`, and ends with a validation of the
     final global model at every site."""
 
-    def __init__(self, *args, task: str, seed: int, final_validation: bool = True, **kwargs):
+    def __init__(
+        self,
+        *args,
+        task: str,
+        seed: int,
+        final_validation: bool = True,
+        algorithm: str = "fedavg",
+        finetune_epochs: int = 0,
+        run_info: dict | None = None,
+        **kwargs,
+    ):
         kwargs.setdefault("persistor_id", "")
         kwargs.setdefault("save_filename", C.GLOBAL_MODEL_FILE)
         super().__init__(*args, **kwargs)
         self._task = task  # attribute names match the args so the job exporter finds them
         self.seed = seed
         self.final_validation = final_validation
-        self._history: dict = {"task": task, "num_rounds": self.num_rounds, "rounds": [], "final": {}}
+        self.algorithm = algorithm
+        self.finetune_epochs = finetune_epochs
+        self.run_info = dict(run_info or {})  # job settings recorded with the results (job, he, ...)
+        meta = {**self.run_info, "task": task, "algorithm": algorithm, "rounds": self.num_rounds}
+        meta["metric"] = getattr(get_task(task), "METRIC_NAME", "score")
+        self._history: dict = {"task": task, "num_rounds": self.num_rounds, "meta": meta, "rounds": [], "final": {}}
         self._round_sites: dict = {}
         self._round_start = 0.0
         self._global: FLModel | None = None
@@ -36,13 +55,18 @@ class ConsortiumFedAvg(FedAvg):
     # -- model: the architecture lives once, in the task module -------------------------------------
     def load_model(self) -> FLModel:
         torch.manual_seed(self.seed)
-        return FLModel(params=state_to_numpy(get_task(self._task).build_model()), params_type=ParamsType.FULL)
+        model = get_task(self._task).build_model()
+        params = state_to_numpy(model)
+        if self.algorithm == "scaffold":  # the global control variate c starts at zero, travels with the model
+            params = with_controls(params, zero_controls(model))
+        return FLModel(params=params, params_type=ParamsType.FULL)
 
     def save_model_file(self, model: FLModel, filepath: str) -> None:
         if PAYLOAD_KEY in model.params:  # HE: the server only ever has ciphertext; a hospital decrypts it
             torch.save(dict(model.params), filepath)
         else:
-            torch.save({k: torch.as_tensor(v) for k, v in model.params.items()}, filepath)
+            weights, _ = split_controls(model.params)  # SCAFFOLD's controls are not part of the model
+            torch.save({k: torch.as_tensor(v) for k, v in weights.items()}, filepath)
 
     def sample_clients(self, num_clients=None):
         """Every connected site trains every round (the job's min_clients gates the start)."""
@@ -78,7 +102,7 @@ class ConsortiumFedAvg(FedAvg):
         shown = ", ".join(f"{s} {d:.3f}" for s, d in sorted(dice.items()) if d is not None)
         self.info(
             f"[progress] round {self.current_round + 1}/{self.num_rounds}: {len(sites)} sites reported; "
-            f"Dice of the model they received: {shown}"
+            f"{self._history['meta']['metric']} of the model they received: {shown}"
         )
         self._write_history()
         return model
@@ -87,17 +111,90 @@ class ConsortiumFedAvg(FedAvg):
         self._round_start = time.time()
         super().run()
         if self.final_validation and self._global is not None and not self.abort_signal.triggered:
-            results = self.send_model_and_wait(task_name=C.TASK_VALIDATE, data=self._global)
+            final = FLModel(params=self._global.params, params_type=ParamsType.FULL)
+            if self.finetune_epochs:  # each site also fine-tunes the final model on its own data and keeps it
+                final.meta[C.META_FINETUNE_EPOCHS] = self.finetune_epochs
+            results = self.send_model_and_wait(task_name=C.TASK_VALIDATE, data=final)
             for res in results:
                 site = (res.meta or {}).get("client_name", "?")
                 self._history["final"][site] = dict(res.metrics or {})
+            metric = self._history["meta"]["metric"]
             shown = ", ".join(
                 f"{s} {m.get(C.METRIC_SCORE, float('nan')):.3f}" for s, m in self._history["final"].items()
             )
-            self.info(f"[progress] final global model, validation Dice per site: {shown}")
+            self.info(f"[progress] final global model, validation {metric} per site: {shown}")
+            if self.finetune_epochs:
+                shown = ", ".join(
+                    f"{s} {m.get(C.METRIC_PERSONAL_SCORE, float('nan')):.3f}"
+                    for s, m in self._history["final"].items()
+                )
+                self.info(f"[progress] after {self.finetune_epochs} fine-tuning epoch(s) at each site: {shown}")
             self._write_history()
 
     def _write_history(self) -> None:
         path = os.path.join(self.get_run_dir(), C.METRICS_FILE)
         with open(path, "w") as f:
             json.dump(self._history, f, indent=1, default=float)
+
+
+class GlobalModelFile(ModelPersistor):
+    """Read-only access to the global model the FedAvg workflow saved in the run directory (plaintext or,
+    with HE, ciphertext that only the sites can decrypt), for the cross-site evaluation that follows it."""
+
+    def load_model(self, fl_ctx):
+        return self.get_model(C.GLOBAL_MODEL_FILE, fl_ctx)
+
+    def save_model(self, model_learnable, fl_ctx):
+        raise RuntimeError("GlobalModelFile is read-only")
+
+    def get_model(self, model_file, fl_ctx):
+        run_dir = fl_ctx.get_engine().get_workspace().get_run_dir(fl_ctx.get_job_id())
+        path = os.path.join(run_dir, model_file)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no global model; the training workflow must run before evaluation")
+        params = torch.load(path, weights_only=False, map_location="cpu")
+        if PAYLOAD_KEY not in params:
+            params = {k: v.numpy() for k, v in params.items()}
+        return make_model_learnable(params, {})
+
+
+class ConsortiumCrossSiteEval(CrossSiteEval):
+    """FLARE's cross-site evaluation after training: the global model and every site's own model (its last
+    local model, or its fine-tuned one) are evaluated on every site's validation data.
+
+    With HE the server forwards ciphertexts only; each site decrypts with its own key before evaluating.
+    The matrix goes to `cross_site.json` and into `metrics.json` under "cross_site"."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("server_models", [C.GLOBAL_MODEL_FILE])
+        super().__init__(*args, **kwargs)
+
+    def initialize(self, fl_ctx):
+        super().initialize(fl_ctx)
+        self.persistor = GlobalModelFile()
+
+    def save_results(self):
+        super().save_results()
+        global_name = C.GLOBAL_MODEL_FILE
+        scores: dict = {}
+        for data_site, by_model in self._json_val_results.items():
+            for owner, metrics in by_model.items():
+                model = "global" if owner == global_name else owner
+                scores.setdefault(model, {})[data_site] = (metrics or {}).get(C.METRIC_SCORE)
+        sites = sorted(self._json_val_results)
+        models = ["global"] + [s for s in sorted(scores) if s != "global"]
+        matrix = {"models": models, "sites": sites, "scores": {m: scores.get(m, {}) for m in models}}
+        run_dir = self.get_run_dir()
+        with open(os.path.join(run_dir, C.CROSS_SITE_FILE), "w") as f:
+            json.dump(matrix, f, indent=1)
+        path = os.path.join(run_dir, C.METRICS_FILE)
+        history = {}
+        if os.path.isfile(path):
+            with open(path) as f:
+                history = json.load(f)
+        history["cross_site"] = matrix
+        with open(path, "w") as f:
+            json.dump(history, f, indent=1, default=float)
+        for m in models:
+            shown = ", ".join(f"{s} {v:.3f}" for s, v in sorted(matrix["scores"][m].items()) if v is not None)
+            self.info(f"[progress] cross-site: {m} model on each site's data: {shown}")
