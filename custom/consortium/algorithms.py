@@ -17,6 +17,8 @@ import numpy as np
 import torch
 
 ALGORITHMS = ("fedavg", "fedprox", "scaffold")
+# A site's aggregation weight: its local steps this round (FedAvg as published), or 1 for every site.
+WEIGHTINGS = ("steps", "uniform")
 CONTROL_PREFIX = "scaffold_c::"  # model entries that carry SCAFFOLD control variates, never model weights
 
 

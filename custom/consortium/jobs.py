@@ -34,10 +34,11 @@ class JobSpec:
     algorithm: str = "fedavg"  # fedavg | fedprox | scaffold (local-training correction for non-IID sites)
     prox_mu: float = 0.0  # FedProx proximal coefficient (algorithm: fedprox); 0 is FedAvg
     finetune_epochs: int = 0  # after training, each site fine-tunes the global model locally (personalization)
+    weighting: str = "steps"  # a site's aggregation weight: its local steps (FedAvg), or "uniform"
     cross_site: bool = True  # end with FLARE's cross-site evaluation: every model on every site's data
 
     def validate(self, source: Path) -> "JobSpec":
-        from consortium.algorithms import ALGORITHMS
+        from consortium.algorithms import ALGORITHMS, WEIGHTINGS
         from consortium.tasks import LR_SCHEDULES, TASKS
 
         checks = [
@@ -56,6 +57,7 @@ class JobSpec:
                 f"is only used by algorithm: fedprox (this job has algorithm: {self.algorithm}); remove it",
             ),
             (self.finetune_epochs >= 0, "finetune_epochs", "must be >= 0"),
+            (self.weighting in WEIGHTINGS, "weighting", f"must be one of {', '.join(WEIGHTINGS)}"),
         ]
         for ok, field, problem in checks:
             if not ok:
@@ -171,6 +173,7 @@ def build_job(spec: JobSpec, *, stream_logs: bool = True):
         seed=spec.seed,
         algorithm=spec.algorithm,
         finetune_epochs=spec.finetune_epochs,
+        weighting=spec.weighting,
     )
     job.to_clients(trainer, tasks=[C.TASK_TRAIN, C.TASK_VALIDATE, C.TASK_SUBMIT_MODEL])
     # Stream each site's job log to the server, so `consortium logs/status` show a site's own errors.

@@ -41,6 +41,11 @@ def test_variant_states_only_differences(tmp_path):
         ("colour: red\n", "'colour'"),
         ("task: nope\n", "unknown task"),
         ("lr: fast\n", "'lr'"),
+        ("algorithm: fednova\n", "'algorithm': must be one of fedavg, fedprox, scaffold"),
+        ("prox_mu: 0.1\n", "'prox_mu': is only used by algorithm: fedprox"),
+        ("algorithm: fedprox\nprox_mu: -1\n", "'prox_mu': must be >= 0"),
+        ("weighting: size\n", "'weighting'"),
+        ("finetune_epochs: -1\n", "'finetune_epochs'"),
     ],
 )
 def test_bad_job_refused(tmp_path, body, message):
@@ -53,3 +58,14 @@ def test_bad_job_refused(tmp_path, body, message):
 def test_unknown_job_lists_available():
     with pytest.raises(ConfigError, match="available jobs: .*fedavg"):
         load_job_spec("nope", REPO / "jobs")
+
+
+def test_algorithm_variants_reach_the_exported_job(tmp_path):
+    """fedprox's mu goes to FLARE's FedAvg controller (its fedprox_mu contract); scaffold to every site."""
+    prox = export_job(load_job_spec("fedprox", REPO / "jobs"), tmp_path)
+    server = json.loads((prox / "app/config/config_fed_server.json").read_text())
+    assert server["workflows"][0]["args"]["fedprox_mu"] == 0.01
+    assert server["workflows"][1]["path"].endswith("ConsortiumCrossSiteEval")
+    scaffold = export_job(load_job_spec("scaffold", REPO / "jobs"), tmp_path)
+    client = json.loads((scaffold / "app/config/config_fed_client.json").read_text())
+    assert client["executors"][0]["executor"]["args"]["algorithm"] == "scaffold"

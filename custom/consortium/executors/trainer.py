@@ -18,7 +18,7 @@ from nvflare.app_common.app_constant import AlgorithmConstants, AppConstants
 from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 
 from consortium import constants as C
-from consortium.algorithms import FedProx, Scaffold, split_controls, with_controls
+from consortium.algorithms import WEIGHTINGS, FedProx, Scaffold, split_controls, with_controls
 from consortium.config import load_site_config
 from consortium.tasks import get_task, round_lr
 
@@ -59,6 +59,7 @@ class SiteTrainer(Executor):
         seed: int,
         algorithm: str = "fedavg",
         finetune_epochs: int = 0,
+        weighting: str = "steps",
     ):
         # No defaults: every experiment setting is written into the exported job, none comes from the site.
         super().__init__()
@@ -76,7 +77,9 @@ class SiteTrainer(Executor):
             raise ValueError(f"SiteTrainer: unknown algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
         if finetune_epochs < 0:
             raise ValueError(f"SiteTrainer: finetune_epochs must be >= 0, got {finetune_epochs}")
-        self.algorithm, self.finetune_epochs = algorithm, finetune_epochs
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"SiteTrainer: unknown weighting {weighting!r}; use one of {', '.join(WEIGHTINGS)}")
+        self.algorithm, self.finetune_epochs, self.weighting = algorithm, finetune_epochs, weighting
         self._scaffold = Scaffold() if algorithm == "scaffold" else None
         self._ready = False
 
@@ -158,7 +161,8 @@ class SiteTrainer(Executor):
             params=params,
             params_type=ParamsType.FULL,
             metrics=metrics,
-            meta={FLMetaKey.NUM_STEPS_CURRENT_ROUND: result.steps},
+            # the aggregation weight (FLARE's convention: NUM_STEPS_CURRENT_ROUND); HE sites encrypt weight x model
+            meta={FLMetaKey.NUM_STEPS_CURRENT_ROUND: result.steps if self.weighting == "steps" else 1},
         )
         return FLModelUtils.to_shareable(out)
 
