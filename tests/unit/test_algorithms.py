@@ -70,7 +70,7 @@ def test_fedprox_gradient_pulls_toward_the_global_model():
     plain, proxed = Quadratic(0.0), Quadratic(0.0)
     run_steps(plain, None, target=4.0, lr=0.1, steps=5)
     run_steps(proxed, FedProx(proxed, mu=1.0), target=4.0, lr=0.1, steps=5)
-    assert 0.0 < float(proxed.w) < float(plain.w)
+    assert 0.0 < proxed.w.item() < plain.w.item()
 
 
 def test_fedprox_refuses_negative_mu():
@@ -90,7 +90,7 @@ def test_scaffold_step_correction_and_control_update_by_hand():
     scaffold.local = {"w": np.array([0.2], dtype=np.float32)}
     scaffold.begin_round(model, {"w": np.array([0.5], dtype=np.float32)})
     run_steps(model, scaffold, target=3.0, lr=0.1, steps=2)
-    assert float(model.w) == pytest.approx(1.323, abs=1e-6)
+    assert model.w.item() == pytest.approx(1.323, abs=1e-6)
     new_local = scaffold.end_round(model)
     assert float(new_local["w"][0]) == pytest.approx(-1.915, abs=1e-5)
     assert float(scaffold.local["w"][0]) == pytest.approx(-1.915, abs=1e-5)  # kept for the next round
@@ -101,7 +101,7 @@ def test_scaffold_first_round_starts_from_zero_local_control():
     scaffold = Scaffold()
     scaffold.begin_round(model, {"w": np.zeros(1, dtype=np.float32)})
     run_steps(model, scaffold, target=3.0, lr=0.1, steps=1)  # c = c_i = 0: plain SGD
-    assert float(model.w) == pytest.approx(1.2)
+    assert model.w.item() == pytest.approx(1.2)
     assert float(scaffold.end_round(model)["w"][0]) == pytest.approx(-2.0, abs=1e-5)  # the one gradient
 
 
