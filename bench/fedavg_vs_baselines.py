@@ -53,9 +53,9 @@ def main() -> int:
 
     names = list(sites)
     for trained_on, res in local["results"].items():
-        rows.append((f"local only: {trained_on}", res["dice"], res["seconds"]))
+        rows.append((f"local only: {trained_on}", res["scores"], res["seconds"]))
     pooled_res = pooled["results"]["pooled"]
-    rows.append(("pooled data (reference)", pooled_res["dice"], pooled_res["seconds"]))
+    rows.append(("pooled data (reference)", pooled_res["scores"], pooled_res["seconds"]))
 
     print(f"\njob {spec.name}: {spec.rounds} rounds x {spec.local_epochs} local epochs, lr {spec.lr}")
     print(f"{'model':38s} " + " ".join(f"{n:>11s}" for n in names) + f" {'mean':>7s} {'seconds':>8s}")

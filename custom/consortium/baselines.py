@@ -37,7 +37,7 @@ def run_baselines(spec: JobSpec, sites: dict[str, SiteConfig], *, kind: str, log
         for r in range(spec.rounds):  # same schedule as the job: optimizer reset every "round"
             lr = round_lr(spec.lr, r, spec.rounds, spec.lr_schedule)
             steps += task.train(model, loader, epochs=spec.local_epochs, lr=lr).steps
-        dice = {name: task.evaluate(model, loaders[name][1]) for name in sites}
-        results[trained_on] = {"dice": dice, "steps": steps, "seconds": time.perf_counter() - start}
-        log(f"[baseline] trained on {trained_on}: " + ", ".join(f"{s} {d:.3f}" for s, d in dice.items()))
+        scores = {name: task.evaluate(model, loaders[name][1]) for name in sites}
+        results[trained_on] = {"scores": scores, "steps": steps, "seconds": time.perf_counter() - start}
+        log(f"[baseline] trained on {trained_on}: " + ", ".join(f"{s} {d:.3f}" for s, d in scores.items()))
     return {"kind": kind, "job": spec.name, "epochs": _epochs(spec), "results": results}

@@ -211,6 +211,23 @@ def cmd_baseline(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from consortium.report import ReportError, load_run, write_report
+
+    folder = Path(args.run)
+    if not folder.is_dir() and (Path(args.runs) / args.run).is_dir():
+        folder = Path(args.runs) / args.run  # a job name: its results under --runs
+    try:
+        run = load_run(folder, Path(args.baselines) if args.baselines else None)
+    except ReportError as exc:
+        print(f"ERROR {exc}", file=sys.stderr)
+        return 1
+    files = write_report(run)
+    print(f"report: {files['html']} (self-contained) and {files['markdown']}")
+    print(f"TensorBoard: tensorboard --logdir {files['tensorboard']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="consortium", description=__doc__)
     p.add_argument("--site-configs", default=DEFAULT_SITE_CONFIGS, help="folder with _defaults.yaml and <site>.yaml")
@@ -309,6 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
     base.add_argument("--rounds", type=int)
     base.add_argument("--sites", help="comma-separated subset of sites")
     base.set_defaults(fn=cmd_baseline)
+    report = sub.add_parser("report", help="HTML/Markdown report of a run: is the shared model better for each site?")
+    report.add_argument("run", help="a run folder (runs/fedavg) or a job name under --runs")
+    report.add_argument("--baselines", help="folder with local.json/pooled.json (default: RUN/../baselines)")
+    report.set_defaults(fn=cmd_report)
     return p
 
 
