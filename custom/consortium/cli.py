@@ -101,7 +101,7 @@ def _echo_filtered(stream, log_file) -> None:
             "[progress]" in line
             or " usable in " in line
             or "  skipped " in line
-            or (" round " in line and "Dice" in line)
+            or (" round " in line and " of received model " in line)
             or " ERROR " in line
         ):
             msg = line.split(" - INFO - ")[-1].split(" - ERROR - ")[-1].rstrip()
@@ -161,7 +161,8 @@ def cmd_simulate(args) -> int:
     history["wall_seconds"] = seconds
     (out / C.METRICS_FILE).write_text(json.dumps(history, indent=1))
     final = history.get("final", {})
-    print(f"done in {seconds:.0f} s. Final global model, validation Dice per site:")
+    metric = (history.get("meta") or {}).get("metric", "score")
+    print(f"done in {seconds:.0f} s. Final global model, validation {metric} per site:")
     for site, m in sorted(final.items()):
         print(f"  {site:14s} {m.get(C.METRIC_SCORE, float('nan')):.3f}")
     print(f"global model: {out / C.GLOBAL_MODEL_FILE}")

@@ -27,6 +27,9 @@ class DataConfig:
     dir: Path  # folder holding the manifest and the DICOM files
     manifest: str = "manifest.csv"
     modality: str = "CT"
+    # tabular tasks (heart): which hospital of the shared CSV, and the CSV (None: the packaged copy)
+    center: str | None = None
+    csv: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,17 @@ class AuthorizationConfig:
 
     submit_roles: tuple[str, ...] = ("project_admin", "lead")
     allow_custom_code: bool = False  # jobs that ship code in app/custom ("BYOC") are refused
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """The site's privacy floor, enforced at the site (executor and the kit's local/privacy.json scope)."""
+
+    require_dp: bool = False  # refuse jobs that do not train with DP-SGD here
+    max_epsilon: float | None = None  # refuse a round that would take this job's epsilon above it (None: no cap)
+    delta: float = 1e-5  # jobs must use this delta or a smaller one
+    min_noise_multiplier: float = 0.0  # refuse DP-SGD with less noise than this
+    max_clip_norm: float | None = None  # refuse DP-SGD with a larger per-sample clipping bound (None: no cap)
 
 
 @dataclass(frozen=True)
@@ -72,6 +86,7 @@ class SiteConfig:
     synthetic: SyntheticProfile | None
     source: Path
     authorization: AuthorizationConfig = AuthorizationConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
 
     @property
     def manifest_path(self) -> Path:
@@ -155,6 +170,24 @@ def _bool(value):
     return value
 
 
+def _optional_positive(value):
+    return None if value is None else _positive(float)(value)
+
+
+def _open_fraction(value):
+    value = float(value)
+    if not 0.0 < value < 1.0:
+        raise ValueError("must be between 0 and 1 (exclusive), e.g. 1.0e-5")
+    return value
+
+
+def _non_negative(value):
+    value = float(value)
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
 def _radius(value):
     lo, hi = (float(v) for v in value)
     if not 0 < lo <= hi:
@@ -170,7 +203,7 @@ def parse_site_config(raw: dict, source: Path) -> SiteConfig:
         raise _fail(source, "site", f"'{name}' differs from the file name", f"Rename the file to {name}.yaml.")
     if not SITE_NAME_RE.match(name):
         raise _fail(source, "site", f"'{name}' is not a valid FLARE site name", "Use letters, digits, '-', '_'.")
-    known = {"org", "data", "resources", "synthetic", "authorization"}
+    known = {"org", "data", "resources", "synthetic", "authorization", "privacy"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise _fail(source, unknown[0], "unknown key", f"Allowed top-level keys: site, {', '.join(sorted(known))}.")
@@ -182,6 +215,9 @@ def parse_site_config(raw: dict, source: Path) -> SiteConfig:
         raise _fail(source, "data.dir", "missing", "Set the folder holding the manifest and DICOM files.")
     data_dir = Path(os.path.expanduser(str(data_raw["dir"]).format(site=name)))
     data_raw["dir"] = data_dir if data_dir.is_absolute() else (source.parent / data_dir).resolve()
+    if data_raw.get("csv"):
+        csv = Path(os.path.expanduser(str(data_raw["csv"])))
+        data_raw["csv"] = csv if csv.is_absolute() else (source.parent / csv).resolve()
     data = _build(DataConfig, data_raw, source, "data")
     resources = _build(ResourceConfig, raw.get("resources") or {}, source, "resources", {"num_threads": _positive(int)})
     if resources.device not in ("cpu", "cuda") and not resources.device.startswith("cuda:"):
@@ -192,6 +228,19 @@ def parse_site_config(raw: dict, source: Path) -> SiteConfig:
         source,
         "authorization",
         {"submit_roles": _roles, "allow_custom_code": _bool},
+    )
+    privacy = _build(
+        PrivacyConfig,
+        raw.get("privacy") or {},
+        source,
+        "privacy",
+        {
+            "require_dp": _bool,
+            "max_epsilon": _optional_positive,
+            "delta": _open_fraction,
+            "min_noise_multiplier": _non_negative,
+            "max_clip_norm": _optional_positive,
+        },
     )
     synthetic = None
     if raw.get("synthetic") is not None:
@@ -220,6 +269,7 @@ def parse_site_config(raw: dict, source: Path) -> SiteConfig:
         synthetic=synthetic,
         source=source,
         authorization=authorization,
+        privacy=privacy,
     )
 
 
@@ -227,9 +277,14 @@ def site_config_dict(cfg: SiteConfig) -> dict:
     """The resolved config as plain YAML-able data (absolute data path), as a site's kit carries it."""
     out = {"site": cfg.name, "org": cfg.org}
     out["data"] = {"dir": str(cfg.data.dir), "manifest": cfg.data.manifest, "modality": cfg.data.modality}
+    if cfg.data.center is not None:
+        out["data"]["center"] = cfg.data.center
+    if cfg.data.csv is not None:
+        out["data"]["csv"] = str(cfg.data.csv)
     out["resources"] = asdict(cfg.resources)
     auth = asdict(cfg.authorization)
     out["authorization"] = {**auth, "submit_roles": list(auth["submit_roles"])}
+    out["privacy"] = asdict(cfg.privacy)
     if cfg.synthetic is not None:
         syn = asdict(cfg.synthetic)
         out["synthetic"] = {**syn, "lesion_radius": list(syn["lesion_radius"])}

@@ -15,6 +15,11 @@ METRIC_NUM_TRAIN = "num_train"
 METRIC_NUM_VAL = "num_val"
 METRIC_SECONDS = "train_seconds"  # local training only
 METRIC_TASK_SECONDS = "task_seconds"  # the whole train task at the site: load, evaluate, train, evaluate
+# Differential privacy, reported with every train result (and carried in its meta for the site's PrivacyGuard).
+METRIC_DP_EPSILON = "dp_epsilon"  # DP-SGD epsilon spent at this site in this job so far, at METRIC_DP_DELTA
+METRIC_DP_DELTA = "dp_delta"
+METRIC_DP_NOISE = "dp_noise_multiplier"
+METRIC_DP_UPDATE_EPSILON = "dp_update_epsilon"  # the Gaussian update filter's own epsilon (at its delta)
 
 # Meta keys of tasks and results.
 META_FINETUNE_EPOCHS = "finetune_epochs"  # final validation: fine-tune the global model this many epochs
@@ -22,6 +27,8 @@ META_MODEL_KIND = "model_kind"  # submit_model: "local" (last round's local trai
 
 # Shareable header carrying a site's error text to the server when a task fails there.
 HEADER_SITE_ERROR = "consortium_site_error"
+# Shareable header of a site's refusal to train (privacy budget or floor): the server drops that site.
+HEADER_SITE_REFUSED = "consortium_site_refused"
 SITE_ERROR_MARKER = "[site-error]"  # server log lines that `consortium status` shows
 
 # Environment variables read by site processes.

@@ -24,6 +24,7 @@ class JobSpec:
     task: str = "seg2d"
     rounds: int = 10
     local_epochs: int = 2
+    local_steps: int | None = None  # if set: exactly this many steps per round at every site (cycling its data)
     lr: float = 1e-3
     lr_schedule: str = "cosine"
     batch_size: int = 8
@@ -36,6 +37,10 @@ class JobSpec:
     finetune_epochs: int = 0  # after training, each site fine-tunes the global model locally (personalization)
     weighting: str = "steps"  # a site's aggregation weight: its local steps (FedAvg), or "uniform"
     cross_site: bool = True  # end with FLARE's cross-site evaluation: every model on every site's data
+    # DP-SGD at every site: {target_epsilon (whole job, per site) | noise_multiplier, delta, max_grad_norm}
+    dp_sgd: dict | None = None
+    # Gaussian noise on each site's update: {clip_norm, delta, target_epsilon | noise_multiplier}
+    dp_update: dict | None = None
 
     def validate(self, source: Path) -> "JobSpec":
         from consortium.algorithms import ALGORITHMS, WEIGHTINGS
@@ -45,6 +50,7 @@ class JobSpec:
             (self.task in TASKS, "task", f"unknown task {self.task!r}; known: {', '.join(TASKS)}"),
             (self.rounds >= 1, "rounds", "must be >= 1"),
             (self.local_epochs >= 1, "local_epochs", "must be >= 1"),
+            (self.local_steps is None or self.local_steps >= 1, "local_steps", "must be >= 1 (or null for epochs)"),
             (self.lr > 0, "lr", "must be > 0"),
             (self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"must be one of {', '.join(LR_SCHEDULES)}"),
             (self.batch_size >= 1, "batch_size", "must be >= 1"),
@@ -62,7 +68,49 @@ class JobSpec:
         for ok, field, problem in checks:
             if not ok:
                 raise ConfigError(f"{source}: field '{field}': {problem}")
+        self._validate_dp(source)
         return self
+
+    def _validate_dp(self, source: Path) -> None:
+        from consortium.filters.dp import GaussianUpdateFilter
+        from consortium.privacy.dpsgd import DPSGDSettings
+
+        try:
+            if self.dp_sgd is not None:
+                DPSGDSettings.from_dict(self.dp_sgd)
+            if self.dp_update is not None:
+                GaussianUpdateFilter.from_job(self.dp_update, rounds=self.rounds)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: field {exc}") from None
+        dp = "dp_sgd" if self.dp_sgd is not None else "dp_update" if self.dp_update is not None else None
+        checks = [
+            (
+                self.dp_sgd is None or self.algorithm != "fedprox",
+                "dp_sgd",
+                "cannot be combined with algorithm: fedprox (DP-SGD clips per-sample gradients of the data loss "
+                "only, so the proximal term would be dropped); use fedavg or scaffold",
+            ),
+            (
+                self.dp_update is None or self.algorithm != "scaffold",
+                "dp_update",
+                "cannot be combined with algorithm: scaffold (the control variates would leave un-noised); "
+                "use dp_sgd, which covers them",
+            ),
+            (
+                self.dp_sgd is None or self.local_steps is None,
+                "local_steps",
+                "must be null with dp_sgd: the DP-SGD accountant plans its steps from local_epochs",
+            ),
+            (
+                dp is None or self.finetune_epochs == 0,
+                "finetune_epochs",
+                f"must be 0 with {dp}: fine-tuning is not differentially private and its model leaves the site "
+                "for cross-site evaluation",
+            ),
+        ]
+        for ok, field, problem in checks:
+            if not ok:
+                raise ConfigError(f"{source}: field '{field}': {problem}")
 
 
 def _read(path: Path) -> dict:
@@ -118,6 +166,12 @@ def _coerce(kind: str, value):
         if not isinstance(value, bool):
             raise TypeError("expected true or false")
         return value
+    if kind == "int | None":
+        return None if value is None else int(value)
+    if kind == "dict | None":
+        if value is not None and not isinstance(value, dict):
+            raise TypeError("expected a mapping of settings")
+        return value
     if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
         raise TypeError("expected a list of strings")
     return value
@@ -148,11 +202,26 @@ def build_job(spec: JobSpec, *, stream_logs: bool = True):
         algorithm=spec.algorithm,
         fedprox_mu=spec.prox_mu if spec.algorithm == "fedprox" and spec.prox_mu > 0 else None,
         finetune_epochs=spec.finetune_epochs,
-        run_info={"job": spec.name, "he": spec.he, "local_epochs": spec.local_epochs, "lr": spec.lr},
+        run_info={
+            "job": spec.name,
+            "he": spec.he,
+            "local_epochs": spec.local_epochs,
+            "lr": spec.lr,
+            **({"dp_sgd": spec.dp_sgd} if spec.dp_sgd else {}),
+            **({"dp_update": spec.dp_update} if spec.dp_update else {}),
+        },
     )
     job.to_server(controller)
     if spec.cross_site:  # FLARE's cross-site evaluation runs after training, on the saved global model
         job.to_server(ConsortiumCrossSiteEval(task_check_period=TASK_CHECK_PERIOD))
+    if spec.dp_update:  # noise on the update before it is encrypted: this result filter precedes HEEncryptUpdate
+        from consortium.filters.dp import GaussianUpdateFilter
+
+        job.to_clients(
+            GaussianUpdateFilter.from_job(spec.dp_update, rounds=spec.rounds),
+            filter_type=FilterType.TASK_RESULT,
+            tasks=[C.TASK_TRAIN, C.TASK_SUBMIT_MODEL],
+        )
     if spec.he:
         # sites: weight + encrypt what leaves, decrypt what arrives; the server only adds ciphertexts
         job.to_clients(
@@ -161,12 +230,18 @@ def build_job(spec: JobSpec, *, stream_logs: bool = True):
             tasks=[C.TASK_TRAIN, C.TASK_SUBMIT_MODEL],  # a site's own model leaves it encrypted too
         )
         job.to_clients(HEDecryptModel(), filter_type=FilterType.TASK_DATA, tasks=[C.TASK_TRAIN, C.TASK_VALIDATE])
+    if spec.dp_update:  # after HEDecryptModel: the update filter needs the plaintext model the site received
+        from consortium.filters.dp import KeepGlobalModel
+
+        # FLARE wants identical task sets for filters of one job: the same as HEDecryptModel's
+        job.to_clients(KeepGlobalModel(), filter_type=FilterType.TASK_DATA, tasks=[C.TASK_TRAIN, C.TASK_VALIDATE])
     # Idle sites ask the server for work every `task_request_interval` s (FLARE default 2 s): with rounds of
     # a few seconds that wait dominated each round, so ask often; the requests are tiny.
     job.to_server({"server": {"task_request_interval": TASK_REQUEST_INTERVAL}})
     trainer = SiteTrainer(
         task=spec.task,
         local_epochs=spec.local_epochs,
+        local_steps=spec.local_steps,
         lr=spec.lr,
         lr_schedule=spec.lr_schedule,
         batch_size=spec.batch_size,
@@ -174,6 +249,7 @@ def build_job(spec: JobSpec, *, stream_logs: bool = True):
         algorithm=spec.algorithm,
         finetune_epochs=spec.finetune_epochs,
         weighting=spec.weighting,
+        dp_sgd=spec.dp_sgd,
     )
     job.to_clients(trainer, tasks=[C.TASK_TRAIN, C.TASK_VALIDATE, C.TASK_SUBMIT_MODEL])
     # Stream each site's job log to the server, so `consortium logs/status` show a site's own errors.

@@ -34,6 +34,11 @@ def test_poc_consortium_runs_a_job_through_the_admin_api(cli):
         history = json.loads((out / "metrics.json").read_text())
         assert set(history["final"]) == {"site-a", "site-b"} and len(history["rounds"]) == 2
         assert (out / "global_model.pt").stat().st_size > 100_000
+        # cross-site evaluation between real processes, HE on: ciphertext models forwarded, decrypted at sites
+        matrix = history["cross_site"]
+        assert matrix["models"] == ["global", "site-a", "site-b"] and matrix["sites"] == ["site-a", "site-b"]
+        assert all(0 <= matrix["scores"][m][s] <= 1 for m in matrix["models"] for s in matrix["sites"])
+        assert "[progress] cross-site: global model" in sub.stdout
 
         status = cli("status")
         assert "site-a, site-b" in status.stdout and "FINISHED:COMPLETED" in status.stdout

@@ -125,7 +125,7 @@ def cmd_submit(args) -> int:
         kit_context = _paths(args).prod(state["project"]) / site / "startup" / "client_context.tenseal"
         release_plaintext(out, kit_context, f"{site}'s kit key")
     history = json.loads((out / C.METRICS_FILE).read_text())
-    print("final global model, validation Dice per site:")
+    print(f"final global model, validation {(history.get('meta') or {}).get('metric', 'score')} per site:")
     for site, m in sorted(history.get("final", {}).items()):
         print(f"  {site:14s} {m.get(C.METRIC_SCORE, float('nan')):.3f}")
     print(f"global model: {out / C.GLOBAL_MODEL_FILE}")

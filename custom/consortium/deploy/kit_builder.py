@@ -43,6 +43,22 @@ def authorization_policy(cfg: SiteConfig) -> dict:
     return {"format_version": "1.0", "permissions": permissions}
 
 
+PRIVACY_SCOPE = "hospital_policy"  # the one privacy scope in every hospital's kit, and its default
+
+
+def privacy_policy(cfg: SiteConfig) -> dict:
+    """FLARE `local/privacy.json` for a site: one scope, the default (jobs name no scope), whose result filter
+    is the site's PrivacyGuard with its floor. FLARE refuses to deploy a job that asks for another scope, and
+    runs scope filters before the job's own, so no job can remove or reorder the guard."""
+    floor = cfg.privacy
+    guard = {
+        "path": "consortium.filters.dp.PrivacyGuard",
+        "args": {"require_dp": floor.require_dp, "max_epsilon": floor.max_epsilon, "delta": floor.delta},
+    }
+    scope = {"name": PRIVACY_SCOPE, "properties": {"site": cfg.name}, "task_result_filters": [guard]}
+    return {"scopes": [scope], "default_scope": PRIVACY_SCOPE}
+
+
 def _resources(local_dir: str) -> dict:
     """The kit's resources with the allow-list admitting `consortium.`; also written back to
     resources.json.default, because `nvflare poc prepare` regenerates the server's resources.json from it."""
@@ -88,6 +104,7 @@ class ConsortiumKitBuilder(Builder):
             local = ctx.get_local_dir(client)
             _write_json(os.path.join(local, "resources.json"), _resources(local))
             _write_json(os.path.join(local, "authorization.json"), authorization_policy(cfg))
+            _write_json(os.path.join(local, "privacy.json"), privacy_policy(cfg))
             folder = os.path.join(local, C.KIT_SITE_CONFIG_FOLDER)
             os.makedirs(folder, exist_ok=True)
             with open(os.path.join(folder, f"{cfg.name}.yaml"), "w") as f:

@@ -20,6 +20,8 @@ from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 from consortium import constants as C
 from consortium.algorithms import WEIGHTINGS, FedProx, Scaffold, split_controls, with_controls
 from consortium.config import load_site_config
+from consortium.privacy.budget import BudgetRefused, check_job, check_noise, check_round
+from consortium.privacy.dpsgd import DPSGDSettings, SiteDPSGD
 from consortium.tasks import get_task, round_lr
 
 
@@ -41,6 +43,9 @@ def load_numpy_state(model: torch.nn.Module, params: dict) -> None:
     model.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in params.items()}, strict=True)
 
 
+FINETUNE_LR_FACTOR = 0.1
+
+
 class SiteTrainer(Executor):
     """Runs the job's task at a site on the data named by that site's own config.
 
@@ -60,6 +65,8 @@ class SiteTrainer(Executor):
         algorithm: str = "fedavg",
         finetune_epochs: int = 0,
         weighting: str = "steps",
+        local_steps: int | None = None,
+        dp_sgd: dict | None = None,
     ):
         # No defaults: every experiment setting is written into the exported job, none comes from the site.
         super().__init__()
@@ -79,8 +86,16 @@ class SiteTrainer(Executor):
             raise ValueError(f"SiteTrainer: finetune_epochs must be >= 0, got {finetune_epochs}")
         if weighting not in WEIGHTINGS:
             raise ValueError(f"SiteTrainer: unknown weighting {weighting!r}; use one of {', '.join(WEIGHTINGS)}")
+        if local_steps is not None and local_steps < 1:
+            raise ValueError(f"SiteTrainer: local_steps must be >= 1 or None, got {local_steps}")
         self.algorithm, self.finetune_epochs, self.weighting = algorithm, finetune_epochs, weighting
+        self.local_steps = local_steps
         self._scaffold = Scaffold() if algorithm == "scaffold" else None
+        # DP-SGD request of the job (target_epsilon or noise_multiplier, delta, max_grad_norm); the site's own
+        # privacy floor (site config `privacy:`) decides whether it is good enough
+        self.dp_sgd = dict(dp_sgd) if dp_sgd else None
+        self._dp_settings = DPSGDSettings.from_dict(self.dp_sgd) if self.dp_sgd else None
+        self._dp: SiteDPSGD | None = None
         self._ready = False
 
     def _setup(self, fl_ctx: FLContext) -> None:
@@ -113,6 +128,11 @@ class SiteTrainer(Executor):
                 return self._submit_model(fl_ctx)
             self.log_error(fl_ctx, f"task '{task_name}' is not handled by SiteTrainer")
             return make_reply(ReturnCode.TASK_UNKNOWN)
+        except BudgetRefused as exc:  # not an error: the site's privacy floor says no; the server drops the site
+            self.log_error(fl_ctx, f"privacy floor: {exc}")
+            reply = make_reply(ReturnCode.EARLY_TERMINATION)
+            reply.set_header(C.HEADER_SITE_REFUSED, str(exc)[:2000])
+            return reply
         except Exception as exc:  # report the cause in the site's log and to the server, never crash the client
             message = f"task '{task_name}' failed: {type(exc).__name__}: {exc}"
             self.log_exception(fl_ctx, f"{fl_ctx.get_identity_name()}: {message}")
@@ -124,16 +144,21 @@ class SiteTrainer(Executor):
         task_start = time.perf_counter()
         incoming = FLModelUtils.from_shareable(shareable)
         weights, controls = split_controls(incoming.params)
+        dp = self._dp_round(incoming, fl_ctx)  # None without DP-SGD; refuses what the site's floor forbids
         load_numpy_state(self.model, weights)
         received_dice = self.task.evaluate(self.model, self.val_loader, device=self.device)
+        lr = round_lr(self.lr, incoming.current_round or 0, incoming.total_rounds or 1, self.lr_schedule)
         result = self.task.train(
-            self.model,
-            self.train_loader,
-            epochs=self.local_epochs,
-            lr=round_lr(self.lr, incoming.current_round or 0, incoming.total_rounds or 1, self.lr_schedule),
+            dp.module if dp else self.model,  # DP: Opacus's per-sample-gradient wrapper around self.model
+            dp.loader if dp else self.train_loader,  # DP: Poisson-sampled batches
+            epochs=self._epochs(),
+            max_steps=self.local_steps,
+            lr=lr,
             device=self.device,
             should_stop=lambda: abort_signal.triggered,
             algorithm=self._round_algorithm(incoming, controls),
+            optimizer=dp.optimizer(lr) if dp else None,  # DP: clipping and noise around the same Adam
+            per_sample_loss=dp is not None,
         )
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
@@ -147,12 +172,15 @@ class SiteTrainer(Executor):
             C.METRIC_TASK_SECONDS: time.perf_counter() - task_start,
             C.METRIC_NUM_TRAIN: len(self.train_loader.dataset),
             C.METRIC_NUM_VAL: len(self.val_loader.dataset),
+            **self._dp_report(),
         }
+        spent = f"; DP-SGD epsilon {dp.epsilon():.2f} at delta {dp.settings.delta:g}" if dp else ""
         self.log_info(
             fl_ctx,
-            f"{self.site_cfg.name} round {incoming.current_round}: Dice of received model {received_dice:.3f}, "
+            f"{self.site_cfg.name} round {incoming.current_round}: {getattr(self.task, 'METRIC_NAME', 'score')} "
+            f"of received model {received_dice:.3f}, "
             f"after local training {local_dice:.3f}; loss {result.loss:.3f}, "
-            f"{result.steps} steps in {result.seconds:.1f} s",
+            f"{result.steps} steps in {result.seconds:.1f} s{spent}",
         )
         params = self.local_params
         if self._scaffold is not None:  # c_i travels with the weights: averaged (and encrypted) like them
@@ -162,9 +190,68 @@ class SiteTrainer(Executor):
             params_type=ParamsType.FULL,
             metrics=metrics,
             # the aggregation weight (FLARE's convention: NUM_STEPS_CURRENT_ROUND); HE sites encrypt weight x model
-            meta={FLMetaKey.NUM_STEPS_CURRENT_ROUND: result.steps if self.weighting == "steps" else 1},
+            meta={
+                FLMetaKey.NUM_STEPS_CURRENT_ROUND: self._weight(result.steps),
+                **self._dp_report(),  # the site's PrivacyGuard (local/privacy.json) checks these
+            },
         )
         return FLModelUtils.to_shareable(out)
+
+    def _dp_round(self, incoming: FLModel, fl_ctx: FLContext) -> SiteDPSGD | None:
+        """This round's DP-SGD (None if the job has none), after the site's floor and budget allow it.
+
+        The floor is checked once per job, the noise fixed once from the job's target epsilon over all its
+        steps, and every round refused whose epsilon would exceed the site's max_epsilon."""
+        floor, site, source = self.site_cfg.privacy, self.site_cfg.name, self.site_cfg.source
+        if self._dp is None:
+            check_job(floor, self._dp_settings, site=site, source=source)
+            if self._dp_settings is None:
+                return None
+            dp = SiteDPSGD(
+                self._dp_settings, model=self.model, train_loader=self.train_loader, batch_size=self.batch_size
+            )
+            sigma = dp.plan(rounds=incoming.total_rounds or 1, local_epochs=self.local_epochs)
+            check_noise(floor, sigma, site=site, source=source)
+            self._dp = dp
+            self.log_info(
+                fl_ctx,
+                f"{site}: DP-SGD with noise multiplier {sigma:.3f}, per-sample clipping {dp.settings.max_grad_norm:g}, "
+                f"Poisson sample rate {dp.sample_rate:.3f}, {dp.steps_per_round} steps per round, "
+                f"delta {dp.settings.delta:g}; site cap max_epsilon {floor.max_epsilon}",
+            )
+        check_round(
+            floor,
+            epsilon_after=self._dp.epsilon_after_round(),
+            delta=self._dp.settings.delta,
+            round_number=(incoming.current_round or 0) + 1,
+            site=site,
+            source=source,
+        )
+        return self._dp
+
+    def _dp_report(self) -> dict:
+        """DP-SGD accounting so far at this site in this job (empty without DP-SGD)."""
+        if self._dp is None:
+            return {}
+        return {
+            C.METRIC_DP_EPSILON: self._dp.epsilon(),
+            C.METRIC_DP_DELTA: self._dp.settings.delta,
+            C.METRIC_DP_NOISE: self._dp.noise_multiplier,
+        }
+
+    def _epochs(self) -> int:
+        """Passes over the data this round: local_epochs, or enough to take local_steps steps."""
+        if self.local_steps is None:
+            return self.local_epochs
+        return -(-self.local_steps // max(len(self.train_loader), 1))
+
+    def _weight(self, steps: int) -> float:
+        """This site's aggregation weight (job setting `weighting`)."""
+        if self.weighting == "steps":
+            return steps
+        if self.weighting == "samples":
+            return len(self.train_loader.dataset)
+        return 1
 
     def _round_algorithm(self, incoming: FLModel, controls: dict):
         """This round's local-training correction: None (FedAvg), FedProx or SCAFFOLD."""
@@ -199,7 +286,9 @@ class SiteTrainer(Executor):
     def _personalize(self, epochs: int, fl_ctx: FLContext) -> float:
         """Fine-tune the final global model on this site's data; the result stays here (and is saved here)."""
         model = copy.deepcopy(self.model)
-        self.task.train(model, self.train_loader, epochs=epochs, lr=self.lr, device=self.device)
+        # a tenth of the job's learning rate: adapt the shared model, do not retrain it from the site alone
+        lr = self.lr * FINETUNE_LR_FACTOR
+        self.task.train(model, self.train_loader, epochs=epochs, lr=lr, device=self.device)
         score = self.task.evaluate(model, self.val_loader, device=self.device)
         self.personal_params = state_to_numpy(model)
         run_dir = fl_ctx.get_engine().get_workspace().get_run_dir(fl_ctx.get_job_id())
@@ -217,5 +306,5 @@ class SiteTrainer(Executor):
             return make_reply(ReturnCode.EMPTY_RESULT)
         kind = "personalized" if self.personal_params is not None else "local"
         # weight 1: an HE job encrypts this model like an update, and the validating site divides by 1
-        meta = {FLMetaKey.NUM_STEPS_CURRENT_ROUND: 1, C.META_MODEL_KIND: kind}
+        meta = {FLMetaKey.NUM_STEPS_CURRENT_ROUND: 1, C.META_MODEL_KIND: kind, **self._dp_report()}
         return FLModelUtils.to_shareable(FLModel(params=params, params_type=ParamsType.FULL, meta=meta))

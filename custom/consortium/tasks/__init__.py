@@ -6,7 +6,7 @@ import importlib
 import math
 from types import ModuleType
 
-TASKS = {"seg2d": "consortium.tasks.seg2d"}
+TASKS = {"seg2d": "consortium.tasks.seg2d", "heart": "consortium.tasks.heart"}
 REQUIRED = ("build_model", "make_loaders", "train", "evaluate")
 
 

@@ -100,14 +100,20 @@ def train(
     should_stop: Callable[[], bool] = lambda: False,
     optimizer: torch.optim.Optimizer | None = None,
     algorithm=None,
+    per_sample_loss: bool = False,
 ) -> TrainResult:
     """Train for `epochs` passes (or `max_steps` batches); returns steps taken and mean loss.
 
     `algorithm` (FedProx, SCAFFOLD; see consortium.algorithms) adds `loss_term(model)` to the loss and
-    runs `after_step(model, lr)` after every optimizer step; None is plain local training (FedAvg)."""
+    runs `after_step(model, lr)` after every optimizer step; None is plain local training (FedAvg).
+
+    `per_sample_loss=True` (DP-SGD): Dice over the whole batch (batch=True) couples the samples, so one
+    slice would move every sample's gradient and per-sample clipping would not bound its influence. Then
+    the loss is instead the mean over samples of each sample's own Dice + CE, as Opacus's
+    loss_reduction="mean" assumes."""
     model.to(device).train()
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
-    loss_fn = DiceCELoss(sigmoid=True, batch=True)
+    loss_fn = DiceCELoss(sigmoid=True, batch=not per_sample_loss)
     steps, total, start = 0, 0.0, time.perf_counter()
     for _ in range(epochs):
         for batch in loader:

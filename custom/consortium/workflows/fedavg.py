@@ -7,6 +7,8 @@ import os
 import time
 
 import torch
+from nvflare.apis.fl_constant import FLContextKey
+from nvflare.apis.job_def import JobMetaKey
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.abstract.model import make_model_learnable
 from nvflare.app_common.abstract.model_persistor import ModelPersistor
@@ -69,12 +71,24 @@ class ConsortiumFedAvg(FedAvg):
             torch.save({k: torch.as_tensor(v) for k, v in weights.items()}, filepath)
 
     def sample_clients(self, num_clients=None):
-        """Every connected site trains every round (the job's min_clients gates the start)."""
-        return super().sample_clients(None)
+        """Every connected site trains every round (the job's min_clients gates the start), except sites that
+        refused to train for privacy reasons: they are dropped for the rest of the job."""
+        refused = self._history.get("refused", {})
+        sites = [s for s in super().sample_clients(None) if s not in refused]
+        if refused and len(sites) < self._min_clients():  # never broadcast an empty target list (= every site)
+            raise RuntimeError(self._too_few_sites(sites))
+        return sites
 
     def _process_result(self, client_task, fl_ctx) -> None:
-        """Log a site's own error text on the server, where the admin API can read it, and record it."""
+        """Log a site's own error text on the server, where the admin API can read it, and record it.
+        A site's privacy refusal is not an error: the site is dropped and the round goes on without it."""
         result = client_task.result
+        refusal = result.get_header(C.HEADER_SITE_REFUSED) if result is not None else None
+        if refusal:
+            self.fl_ctx = fl_ctx
+            client_task.result = None
+            self._drop_refusing_site(client_task.client.name, refusal)
+            return
         message = result.get_header(C.HEADER_SITE_ERROR) if result is not None else None
         if message:
             site = client_task.client.name
@@ -82,6 +96,36 @@ class ConsortiumFedAvg(FedAvg):
             self._history.setdefault("errors", {})[site] = message
             self._write_history()
         super()._process_result(client_task, fl_ctx)
+
+    def _min_clients(self) -> int:
+        meta = self.fl_ctx.get_prop(FLContextKey.JOB_META) or {}
+        return int(meta.get(JobMetaKey.MIN_CLIENTS.value, 1) or 1)
+
+    def _too_few_sites(self, remaining: list[str]) -> str:
+        refused = ", ".join(sorted(self._history.get("refused", {})))
+        return (
+            f"job ends: after privacy refusals ({refused}) only {len(remaining)} site(s) can train "
+            f"({', '.join(remaining) or 'none'}), fewer than the job's min_clients {self._min_clients()}. "
+            "The refusing sites' reasons are above; the last global model is the one saved before this round."
+        )
+
+    def _drop_refusing_site(self, site: str, reason: str) -> None:
+        """Record a site's refusal and stop sending it training; end the job if too few sites remain."""
+        self.error(f"{C.SITE_ERROR_MARKER} {site} refused to train (dropped from the remaining rounds): {reason}")
+        self._history.setdefault("refused", {})[site] = {"round": self.current_round, "reason": reason}
+        remaining = [c.name for c in self.engine.get_clients() if c.name not in self._history["refused"]]
+        if len(remaining) >= self._min_clients():
+            self.info(f"[progress] {site} dropped; training goes on with {', '.join(remaining)}")
+            self._write_history()
+            return
+        reason = self._too_few_sites(remaining)
+        self._history["stopped"] = reason
+        self._write_history()
+        self.info(f"[progress] {reason}")
+        self.panic(reason)
+        # This callback keeps the round's task open: hold it until FedAvg's wait loop (every task_check_period)
+        # has seen the abort, so the round is not aggregated from fewer than min_clients sites.
+        time.sleep(5 * self._task_check_period + 0.5)
 
     # -- recording ------------------------------------------------------------------------------------
     def _aggregate_one_result(self, result: FLModel) -> bool:

@@ -1,0 +1,224 @@
+"""DP-SGD at one site for one job, with the patient as the unit of privacy.
+
+A patient contributes several slices, so clipping single slices would not bound what one patient reveals.
+Batches are drawn by Poisson sampling of patients (every patient in or out, with all its slices); Opacus
+computes every slice's gradient, this module averages them per patient, clips each patient's gradient to
+`max_grad_norm` and adds Gaussian noise of std noise_multiplier x max_grad_norm (Opacus's DPOptimizer).
+The task's own `train()` runs unchanged on the wrapped model, the batches and the optimizer it is handed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+from opacus.optimizers import DPOptimizer
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+from opacus.validators import ModuleValidator
+from torch import nn
+
+from consortium.privacy.accountant import RDPAccountant, check_dp_args, noise_for_target
+from consortium.privacy.persample import ConvGradSampleModule
+
+
+@dataclass(frozen=True)
+class DPSGDSettings:
+    """A job's DP-SGD request: a target epsilon for the whole job (noise derived) or a fixed noise multiplier."""
+
+    delta: float
+    max_grad_norm: float
+    target_epsilon: float | None = None
+    noise_multiplier: float | None = None
+
+    @classmethod
+    def from_dict(cls, raw, where: str = "dp_sgd") -> "DPSGDSettings":
+        """Parse and validate; errors name `where.<key>` and how to fix it."""
+        if not isinstance(raw, dict):
+            raise ValueError(f"{where}: expected a mapping (target_epsilon, delta, max_grad_norm), got {raw!r}")
+        known = ("target_epsilon", "noise_multiplier", "delta", "max_grad_norm")
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise ValueError(f"{where}.{unknown[0]}: unknown key; allowed: {', '.join(known)}")
+        values = {}
+        for key in known:
+            if raw.get(key) is None:
+                continue
+            try:
+                values[key] = float(raw[key])  # YAML reads 1e-5 (no dot) as a string
+            except (TypeError, ValueError):
+                raise ValueError(f"{where}.{key}: {raw[key]!r} is not a number") from None
+            if not (math.isfinite(values[key]) and values[key] > 0):
+                raise ValueError(f"{where}.{key}: must be a finite number > 0, got {raw[key]!r}")
+        for key in ("delta", "max_grad_norm"):
+            if key not in values:
+                raise ValueError(f"{where}.{key}: missing; e.g. delta: 1.0e-5, max_grad_norm: 1.0")
+        if values["delta"] >= 1:
+            raise ValueError(f"{where}.delta: must be < 1 (e.g. 1.0e-5, below 1 / number of patients)")
+        if ("target_epsilon" in values) == ("noise_multiplier" in values):
+            raise ValueError(f"{where}: set exactly one of target_epsilon (noise derived) and noise_multiplier")
+        return cls(**values)
+
+
+def secure_generator() -> torch.Generator:
+    """A generator seeded from the OS, never from the job's seed: a job author who knows the seed must not be
+    able to replay the sampling or the noise."""
+    return torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
+
+
+def patient_groups(dataset) -> list[list[int]]:
+    """Dataset indices of each patient, from the records' `patient_id` (the task's manifest column)."""
+    records = getattr(dataset, "data", None)
+    if records is None or not all(isinstance(r, dict) and "patient_id" in r for r in records):
+        raise ValueError(
+            "DP-SGD protects whole patients: it needs every training sample's patient_id "
+            "(dataset.data[i]['patient_id'], from the manifest); this task's dataset has none"
+        )
+    by_patient: dict[str, list[int]] = {}
+    for index, record in enumerate(records):
+        by_patient.setdefault(str(record["patient_id"]), []).append(index)
+    return list(by_patient.values())
+
+
+class PatientDPOptimizer(DPOptimizer):
+    """Opacus's DPOptimizer, clipping per patient: `groups` gives each slice of the batch its patient
+    (0..k-1); slice gradients are averaged per patient, and each patient's gradient is clipped."""
+
+    groups: torch.Tensor | None = None
+
+    def clip_and_accumulate(self) -> None:
+        groups = self.groups
+        if groups is None:
+            raise RuntimeError("PatientDPOptimizer: the batch's patient groups were not set")
+        k = int(groups.max()) + 1 if groups.numel() else 0
+        counts = torch.bincount(groups, minlength=k).clamp(min=1)
+        per_patient = []
+        for p in self.params:
+            samples = self._get_flat_grad_sample(p).to(p.dtype)
+            if samples.shape[0] != groups.shape[0]:
+                raise RuntimeError(f"PatientDPOptimizer: {samples.shape[0]} slice gradients, {len(groups)} groups")
+            total = samples.new_zeros((k,) + samples.shape[1:]).index_add_(0, groups, samples)
+            per_patient.append(total / counts.to(p.dtype).view(-1, *([1] * (samples.dim() - 1))))
+        if k:
+            norms = torch.stack([g.reshape(k, -1).norm(2, dim=1) for g in per_patient], dim=1).norm(2, dim=1)
+            factor = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+        else:  # an empty Poisson batch: the step is noise alone
+            factor = torch.zeros(0)
+        for p, grads in zip(self.params, per_patient, strict=True):
+            _check_processed_flag(p.grad_sample)
+            clipped = torch.einsum("i,i...", factor.to(grads), grads)
+            p.summed_grad = clipped if p.summed_grad is None else p.summed_grad + clipped
+            _mark_as_processed(p.grad_sample)
+
+
+class PoissonPatients:
+    """Batches in which every patient is included independently with probability `sample_rate`, with all
+    its slices (what the accountant assumes). Every draw is a DP-SGD step, empty ones included: those are
+    noise-only optimizer steps taken here instead of reaching the training loop."""
+
+    def __init__(self, dataset, collate_fn, patients: list[list[int]], *, sample_rate, steps, site: "SiteDPSGD"):
+        self.dataset, self.collate_fn, self.patients, self.site = dataset, collate_fn, patients, site
+        self.sampler = UniformWithReplacementSampler(
+            num_samples=len(patients), sample_rate=sample_rate, generator=secure_generator(), steps=steps
+        )
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        for chosen in self.sampler:
+            self.site.count_step()
+            indices, groups = [], []
+            for group, patient in enumerate(chosen):
+                indices += self.patients[patient]
+                groups += [group] * len(self.patients[patient])
+            self.site.set_groups(torch.tensor(groups, dtype=torch.long))
+            if not indices:
+                self.site.noise_only_step()
+                continue
+            yield self.collate_fn([self.dataset[i] for i in indices])
+
+
+class SiteDPSGD:
+    """Wraps a site's model and training data once per job; hands out a DP optimizer per round; accounts."""
+
+    def __init__(self, settings: DPSGDSettings, *, model: nn.Module, train_loader, batch_size: int):
+        problems = ModuleValidator.validate(model, strict=False)
+        if problems:
+            raise ValueError(f"DP-SGD cannot train this model: {'; '.join(str(p) for p in problems)}")
+        self.settings = settings
+        dataset = train_loader.dataset
+        patients = patient_groups(dataset)
+        self.num_patients, self.num_samples = len(patients), len(dataset)
+        # every patient is drawn with the same probability; batches hold `batch_size` slices on average
+        self.sample_rate = min(1.0, batch_size / self.num_samples)
+        self.expected_patients = self.sample_rate * self.num_patients  # the mean gradient's denominator
+        self.steps_per_epoch = max(1, round(1 / self.sample_rate))
+        self.module = ConvGradSampleModule(model, loss_reduction="mean")  # shares the model's parameters
+        self.accountant = RDPAccountant()
+        self.noise_multiplier = settings.noise_multiplier
+        self._noise = secure_generator()
+        self._optimizer: PatientDPOptimizer | None = None
+        self.loader = PoissonPatients(
+            dataset,
+            train_loader.collate_fn,
+            patients,
+            sample_rate=self.sample_rate,
+            steps=self.steps_per_epoch,
+            site=self,
+        )
+
+    def plan(self, *, rounds: int, local_epochs: int) -> float:
+        """Fix the noise multiplier for the whole job (from the target epsilon over all its steps)."""
+        self.steps_per_round = local_epochs * self.steps_per_epoch
+        if self.noise_multiplier is None:
+            self.noise_multiplier = noise_for_target(
+                target_epsilon=self.settings.target_epsilon,
+                delta=self.settings.delta,
+                sample_rate=self.sample_rate,
+                steps=rounds * self.steps_per_round,
+            )
+        check_dp_args(delta=self.settings.delta, noise_multiplier=self.noise_multiplier)
+        return self.noise_multiplier
+
+    def epsilon(self) -> float:
+        return self.accountant.epsilon(self.settings.delta)
+
+    def epsilon_after_round(self) -> float:
+        """Epsilon at the job's delta once the next round's steps have run."""
+        return self.accountant.epsilon_after(
+            self.settings.delta,
+            noise_multiplier=self.noise_multiplier,
+            sample_rate=self.sample_rate,
+            steps=self.steps_per_round,
+        )
+
+    def optimizer(self, lr: float) -> PatientDPOptimizer:
+        """This round's optimizer (Adam, reset every round like plain training) with clipping and noise."""
+        self._optimizer = PatientDPOptimizer(
+            torch.optim.Adam(self.module.parameters(), lr=lr),
+            noise_multiplier=self.noise_multiplier,
+            max_grad_norm=self.settings.max_grad_norm,
+            expected_batch_size=self.expected_patients,
+            loss_reduction="mean",
+            generator=self._noise,
+        )
+        return self._optimizer
+
+    def count_step(self) -> None:
+        self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
+
+    def set_groups(self, groups: torch.Tensor) -> None:
+        if self._optimizer is None:
+            raise RuntimeError("SiteDPSGD: call optimizer(lr) before iterating the batches")
+        self._optimizer.groups = groups
+
+    def noise_only_step(self) -> None:
+        """An empty Poisson batch: the DP-SGD output is the noise alone, so take that step."""
+        self._optimizer.zero_grad(set_to_none=True)
+        for p in self.module.parameters():
+            if p.requires_grad:
+                p.grad_sample = p.new_zeros((0,) + tuple(p.shape))
+        self._optimizer.step()
