@@ -116,6 +116,10 @@ def cmd_simulate(args) -> int:
         spec = replace(spec, rounds=args.rounds)
     if args.local_epochs:
         spec = replace(spec, local_epochs=args.local_epochs)
+    if args.seed is not None:
+        spec = replace(spec, seed=args.seed)
+    if args.lr is not None:
+        spec = replace(spec, lr=args.lr)
     sites = _sites(args)
     require_data_dirs(sites)
     if len(sites) < spec.min_clients:
@@ -261,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("job")
     sim.add_argument("--rounds", type=int, help="override the job's rounds")
     sim.add_argument("--local-epochs", type=int, help="override the job's local epochs")
+    sim.add_argument("--seed", type=int, help="override the job's seed (model initialisation, data order)")
+    sim.add_argument("--lr", type=float, help="override the job's learning rate")
     sim.add_argument("--sites", help="comma-separated subset of sites")
     sim.set_defaults(fn=cmd_simulate)
 
