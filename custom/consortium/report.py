@@ -311,7 +311,10 @@ def write_report(run: Run) -> dict[str, Path]:
         "hospitals' data, of the shared model and of this hospital's model trained alone."
     )
     if run.local is None:
-        text += f" No local-only baseline in {run.baseline_dir}: run `{baseline_cmd}` to answer the question."
+        text += (
+            f" No local-only baseline in {run.baseline_dir}: run `{baseline_cmd}` (with the run's --site-configs "
+            "and --runs) to answer the question."
+        )
     sections.append(
         (
             "Is the shared model better for my hospital?",
