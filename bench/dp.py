@@ -3,8 +3,10 @@
 Usage: python bench/dp.py [--epsilons 1 3 8] [--rounds N] [--batch-size B] [--max-grad-norm C] [--lr LR]
                           [--no-train] [--no-timing]
 Prints validation Dice of the final global model per hospital and setting (FLARE simulator, job `fedavg_dp`
-with only the target epsilon changed; "no DP" is the same job without dp_sgd), and the time of one training
-step on the demo UNet: plain, DP-SGD as the sites run it, and Opacus's stock per-sample gradients.
+with only the target epsilon changed; "no DP" is the same job without dp_sgd; "clip only" keeps DP-SGD's
+per-patient clipping and Poisson sampling with noise multiplier 0.001, i.e. no meaningful privacy, to separate
+the cost of the noise from that of the mechanics), and the time of one training step on the demo UNet:
+plain, DP-SGD as the sites run it, and Opacus's stock per-sample gradients.
 Generates the demo data first if it is missing.
 """
 
@@ -41,6 +43,11 @@ def _variants(args, jobs: Path) -> dict[str, str]:
         if args.max_grad_norm:
             dp_sgd["max_grad_norm"] = args.max_grad_norm
         names[f"epsilon {eps:g}"] = _write(jobs, f"bench_dp_{eps:g}", {"dp_sgd": dp_sgd, **extra})
+    if not args.no_clip_only:  # DP-SGD's clipping, sampling and per-patient loss without (meaningful) noise
+        clip_only = {**dp, "noise_multiplier": 1e-3, "target_epsilon": None, "delta": DELTA}
+        if args.max_grad_norm:
+            clip_only["max_grad_norm"] = args.max_grad_norm
+        names["clip only"] = _write(jobs, "bench_clip_only", {"dp_sgd": clip_only, **extra})
     names["no DP"] = _write(jobs, "bench_no_dp", {"dp_sgd": None, **extra})
     return names
 
@@ -52,17 +59,21 @@ def _write(jobs: Path, name: str, settings: dict) -> str:
 
 
 def train_settings(args) -> list[tuple]:
-    tmp = Path(tempfile.mkdtemp(prefix="consortium-bench-dp-"))
+    with tempfile.TemporaryDirectory(prefix="consortium-bench-dp-") as jobs:  # the job variants
+        return _train(args, Path(jobs) / "jobs", Path(args.runs))
+
+
+def _train(args, jobs: Path, runs: Path) -> list[tuple]:
     cli = [sys.executable, "-m", "consortium.cli", "--site-configs", str(ROOT / "site_configs")]
     subprocess.run(cli + ["data", "synth"], check=True, stdout=subprocess.DEVNULL)
-    cli += ["--jobs", str(tmp / "jobs"), "--runs", str(tmp / "runs")]
+    cli += ["--jobs", str(jobs), "--runs", str(runs)]
     rows = []
-    for label, job in _variants(args, tmp / "jobs").items():
+    for label, job in _variants(args, jobs).items():
         sim = cli + ["simulate", job] + (["--rounds", str(args.rounds)] if args.rounds else [])
         start = time.perf_counter()
         subprocess.run(sim, check=True, stdout=subprocess.DEVNULL)
         seconds = time.perf_counter() - start
-        history = json.loads((tmp / "runs" / job / "metrics.json").read_text())
+        history = json.loads((runs / job / "metrics.json").read_text())
         dice = {s: m["val_score"] for s, m in history["final"].items()}
         last = history["rounds"][-1]["sites"]
         eps = {s: m.get("dp_epsilon") for s, m in last.items()}
@@ -78,6 +89,7 @@ def _step_timer(kind: str, batch: dict, batch_size: int):
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
 
+    from consortium.privacy.dpsgd import PatientDPOptimizer
     from consortium.privacy.persample import ConvGradSampleModule
     from consortium.tasks.seg2d import build_model
 
@@ -85,9 +97,13 @@ def _step_timer(kind: str, batch: dict, batch_size: int):
     if kind == "plain":
         module, loss_fn = model, DiceCELoss(sigmoid=True, batch=True)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    else:
-        module = ConvGradSampleModule(model) if kind == "dp" else GradSampleModule(model)
-        loss_fn = DiceCELoss(sigmoid=True, batch=False)
+    elif kind == "dp":  # as SiteDPSGD runs it: fast conv sampler, clipping per patient (4 slices each here)
+        module, loss_fn = ConvGradSampleModule(model), DiceCELoss(sigmoid=True, batch=False)
+        adam = torch.optim.Adam(module.parameters(), lr=1e-3)
+        optimizer = PatientDPOptimizer(adam, noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=2)
+        optimizer.groups = torch.arange(len(batch["image"])) // 4
+    else:  # stock Opacus: its own samplers (unfold for Conv2d, functorch for ConvTranspose2d), per-slice clipping
+        module, loss_fn = GradSampleModule(model), DiceCELoss(sigmoid=True, batch=False)
         adam = torch.optim.Adam(module.parameters(), lr=1e-3)
         optimizer = DPOptimizer(adam, noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=batch_size)
     image, label = batch["image"], batch["label"]
@@ -123,6 +139,12 @@ def step_times(args) -> dict[str, float]:
     return {kinds[k]: sorted(v)[len(v) // 2] for k, v in times.items()}
 
 
+def _short(value, fmt: str) -> str:
+    if value is None:
+        return "-"
+    return ">1e3" if value > 1e3 else format(value, fmt)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 3.0, 8.0])
@@ -131,6 +153,8 @@ def main() -> int:
     parser.add_argument("--lr", type=float, help="override the job's learning rate (all settings)")
     parser.add_argument("--max-grad-norm", type=float, help="override the DP-SGD clipping bound")
     parser.add_argument("--steps", type=int, default=40, help="timed steps per kind")
+    parser.add_argument("--runs", default=str(ROOT / "runs" / "bench_dp"), help="where each run's results go")
+    parser.add_argument("--no-clip-only", action="store_true", help="skip the run with clipping but ~no noise")
     parser.add_argument("--no-train", action="store_true", help="only time the steps")
     parser.add_argument("--no-timing", action="store_true", help="only train")
     args = parser.parse_args()
@@ -153,8 +177,8 @@ def main() -> int:
         print(f" {'epsilon spent':>22s} {'noise mult.':>18s} {'seconds':>8s}")
         for label, dice, eps, noise, seconds in rows:
             mean = sum(dice.values()) / len(sites)
-            spent = "/".join(f"{eps[s]:.2f}" if eps.get(s) else "-" for s in sites)
-            sigma = "/".join(f"{noise[s]:.2f}" if noise.get(s) else "-" for s in sites)
+            spent = "/".join(_short(eps.get(s), ".2f") for s in sites)
+            sigma = "/".join(_short(noise.get(s), ".3g") for s in sites)
             print(f"{label:12s} " + " ".join(f"{dice[s]:11.3f}" for s in sites), end="")
             print(f" {mean:6.3f} {mean - base:+8.3f} {spent:>22s} {sigma:>18s} {seconds:8.0f}")
     return 0

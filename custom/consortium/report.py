@@ -255,6 +255,13 @@ def metadata_rows(run: Run) -> list[list[str]]:
     return rows
 
 
+def _message(entry) -> str:
+    """A site error (text) or privacy refusal ({"round", "reason"}) as one line."""
+    if isinstance(entry, dict):
+        return f"round {entry.get('round', '?')}: {entry.get('reason', '')}"
+    return str(entry)
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -394,7 +401,7 @@ def write_report(run: Run) -> dict[str, Path]:
 
     problems = {**(run.history.get("errors") or {}), **(run.history.get("refused") or {})}
     if problems:
-        rows = [[s, msg] for s, msg in sorted(problems.items())]
+        rows = [[s, _message(msg)] for s, msg in sorted(problems.items())]
         sections.append(
             ("Site errors and refusals", _md_table(["site", "message"], rows), _html_table(["site", "message"], rows))
         )

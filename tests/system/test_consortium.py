@@ -43,7 +43,7 @@ def test_poc_consortium_runs_a_job_through_the_admin_api(cli):
         status = cli("status")
         assert "site-a, site-b" in status.stdout and "FINISHED:COMPLETED" in status.stdout
         job_id = sub.stdout.split("submitted job 'fedavg' as ")[1].split()[0]
-        logs = cli("logs", job_id, "--site", "site-a")
+        logs = cli("logs", job_id, "--site", "site-a", "--tail", "400")
         assert "site-a round 1: Dice of received model" in logs.stdout  # a site's own log, via the server
 
         # the real admin console of the admin kit, non-interactively

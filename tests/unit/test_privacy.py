@@ -332,10 +332,15 @@ def test_site_dpsgd_plans_noise_for_target_over_the_job():
     for _ in range(5):
         dp.accountant.step(noise_multiplier=sigma, sample_rate=0.2, steps=10)
     assert 2.98 <= dp.epsilon() <= 3.0
+    loader = _Loader(2)
+    loader.dataset.data = None
     with pytest.raises(ValueError, match="patient_id"):
-        loader = _Loader(2)
-        loader.dataset.data = None
         SiteDPSGD(settings, model=_conv(), train_loader=loader, batch_size=8)
+    rows = torch.utils.data.TensorDataset(torch.rand(8, 1, 8, 8), torch.zeros(8, 1, 8, 8))
+    rows.one_patient_per_sample = True  # e.g. one table row per patient: every sample is its own unit
+    loader.dataset = rows
+    dp = SiteDPSGD(settings, model=_conv(), train_loader=loader, batch_size=4)
+    assert dp.loader.patients == [[i] for i in range(8)] and dp.expected_patients == 4
 
 
 # -- the site's floor ------------------------------------------------------------------------------------

@@ -101,6 +101,17 @@ def test_missing_parts_are_explained(tmp_path):
     assert "Differential privacy was off" in md and "privacy" not in files
 
 
+def test_refusals_and_errors_are_listed(tmp_path):
+    run = write_run(tmp_path)
+    history = json.loads((run / "metrics.json").read_text())
+    history["refused"] = {"hospital-b": {"round": 2, "reason": "max_epsilon 3 would be exceeded"}}
+    history["errors"] = {"hospital-a": "task 'train' failed: OSError"}
+    (run / "metrics.json").write_text(json.dumps(history))
+    md = write_report(load_run(run))["markdown"].read_text()
+    assert "| hospital-b | round 2: max_epsilon 3 would be exceeded |" in md
+    assert "| hospital-a | task 'train' failed: OSError |" in md
+
+
 def test_no_metrics_is_a_clear_error(tmp_path):
     with pytest.raises(ReportError, match="consortium simulate fedavg"):
         load_run(tmp_path)

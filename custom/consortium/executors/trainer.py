@@ -95,6 +95,11 @@ class SiteTrainer(Executor):
         # privacy floor (site config `privacy:`) decides whether it is good enough
         self.dp_sgd = dict(dp_sgd) if dp_sgd else None
         self._dp_settings = DPSGDSettings.from_dict(self.dp_sgd) if self.dp_sgd else None
+        if self._dp_settings and (finetune_epochs > 0 or algorithm == "fedprox"):  # as JobSpec, for raw configs
+            raise ValueError(
+                "SiteTrainer: dp_sgd cannot be combined with finetune_epochs > 0 (fine-tuning is not DP and its "
+                "model leaves the site) or algorithm fedprox (its proximal term would bypass clipping)"
+            )
         self._dp: SiteDPSGD | None = None
         self._ready = False
 
@@ -215,9 +220,10 @@ class SiteTrainer(Executor):
             self._dp = dp
             self.log_info(
                 fl_ctx,
-                f"{site}: DP-SGD with noise multiplier {sigma:.3f}, per-sample clipping {dp.settings.max_grad_norm:g}, "
-                f"Poisson sample rate {dp.sample_rate:.3f}, {dp.steps_per_round} steps per round, "
-                f"delta {dp.settings.delta:g}; site cap max_epsilon {floor.max_epsilon}",
+                f"{site}: DP-SGD over {dp.num_patients} patients ({dp.num_samples} samples): noise multiplier "
+                f"{sigma:.3f}, per-patient clipping {dp.settings.max_grad_norm:g}, Poisson rate {dp.sample_rate:.3f} "
+                f"per patient, {dp.steps_per_round} steps per round, delta {dp.settings.delta:g}; "
+                f"site cap max_epsilon {floor.max_epsilon}",
             )
         check_round(
             floor,
@@ -278,6 +284,8 @@ class SiteTrainer(Executor):
         )
         metrics = {C.METRIC_SCORE: score, C.METRIC_NUM_VAL: len(self.val_loader.dataset)}
         finetune = int((incoming.meta or {}).get(C.META_FINETUNE_EPOCHS) or 0)
+        if finetune > 0 and self._dp_settings is not None:  # whatever the server asks: fine-tuning is not DP
+            raise ValueError("the server asked for fine-tuning, which is not DP, in a job this site trains with DP-SGD")
         if finetune > 0:
             metrics[C.METRIC_PERSONAL_SCORE] = self._personalize(finetune, fl_ctx)
         metrics["validate_seconds"] = time.perf_counter() - start
@@ -306,5 +314,7 @@ class SiteTrainer(Executor):
             return make_reply(ReturnCode.EMPTY_RESULT)
         kind = "personalized" if self.personal_params is not None else "local"
         # weight 1: an HE job encrypts this model like an update, and the validating site divides by 1
-        meta = {FLMetaKey.NUM_STEPS_CURRENT_ROUND: 1, C.META_MODEL_KIND: kind, **self._dp_report()}
+        meta = {FLMetaKey.NUM_STEPS_CURRENT_ROUND: 1, C.META_MODEL_KIND: kind}
+        if kind == "local":  # only the DP-trained model carries DP accounting for the site's PrivacyGuard
+            meta.update(self._dp_report())
         return FLModelUtils.to_shareable(FLModel(params=params, params_type=ParamsType.FULL, meta=meta))

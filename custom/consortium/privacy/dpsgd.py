@@ -69,12 +69,16 @@ def secure_generator() -> torch.Generator:
 
 
 def patient_groups(dataset) -> list[list[int]]:
-    """Dataset indices of each patient, from the records' `patient_id` (the task's manifest column)."""
+    """Dataset indices of each patient, from the records' `patient_id` (the task's manifest column); a
+    dataset whose every sample is a different patient says so with `one_patient_per_sample = True`."""
+    if getattr(dataset, "one_patient_per_sample", False) is True:
+        return [[i] for i in range(len(dataset))]
     records = getattr(dataset, "data", None)
     if records is None or not all(isinstance(r, dict) and "patient_id" in r for r in records):
         raise ValueError(
             "DP-SGD protects whole patients: it needs every training sample's patient_id "
-            "(dataset.data[i]['patient_id'], from the manifest); this task's dataset has none"
+            "(dataset.data[i]['patient_id'], from the manifest), or one_patient_per_sample = True on a dataset "
+            "with one sample per patient; this task's dataset has neither"
         )
     by_patient: dict[str, list[int]] = {}
     for index, record in enumerate(records):
