@@ -172,6 +172,9 @@ def cmd_simulate(args) -> int:
     print(f"global model: {out / C.GLOBAL_MODEL_FILE}")
     print(f"metrics:      {out / C.METRICS_FILE}")
     print(f"log:          {out / 'simulate.log'}")
+    from consortium.report import report_after_job
+
+    report_after_job(out)
     return 0
 
 

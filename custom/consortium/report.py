@@ -297,6 +297,17 @@ def write_tensorboard(run: Run, folder: Path) -> Path:
 
 
 # -- the report --------------------------------------------------------------------------------------------
+def report_after_job(folder: Path) -> Path | None:
+    """Write the report of a run that just finished; a report that cannot be written never fails the job."""
+    try:
+        path = write_report(load_run(Path(folder)))["html"]
+    except Exception as exc:  # noqa: BLE001 - the job's results are safe; say why there is no report
+        print(f"no report: {exc}")
+        return None
+    print(f"report:       {path}")
+    return path
+
+
 def write_report(run: Run) -> dict[str, Path]:
     out = run.folder / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)

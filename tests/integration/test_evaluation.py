@@ -35,6 +35,8 @@ def test_cross_site_matrix_scaffold_and_personalization(small_sites, tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "cross-site: global model" in proc.stdout
+    # every simulator run ends with its report
+    assert (tmp_path / "runs" / "eval" / "report" / "report.html").is_file() and "report: " in proc.stdout
 
     out = tmp_path / "runs" / "eval"
     history = json.loads((out / "metrics.json").read_text())

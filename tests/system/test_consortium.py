@@ -39,6 +39,7 @@ def test_poc_consortium_runs_a_job_through_the_admin_api(cli):
         assert matrix["models"] == ["global", "site-a", "site-b"] and matrix["sites"] == ["site-a", "site-b"]
         assert all(0 <= matrix["scores"][m][s] <= 1 for m in matrix["models"] for s in matrix["sites"])
         assert "[progress] cross-site: global model" in sub.stdout
+        assert (out / "report" / "report.html").is_file()  # every submitted job ends with its report
 
         status = cli("status")
         assert "site-a, site-b" in status.stdout and "FINISHED:COMPLETED" in status.stdout

@@ -130,6 +130,9 @@ def cmd_submit(args) -> int:
         print(f"  {site:14s} {m.get(C.METRIC_SCORE, float('nan')):.3f}")
     print(f"global model: {out / C.GLOBAL_MODEL_FILE}")
     print(f"metrics:      {out / C.METRICS_FILE}")
+    from consortium.report import report_after_job
+
+    report_after_job(out)
     return 0
 
 
