@@ -157,3 +157,23 @@ def test_weighted_values_beyond_ckks_headroom_are_refused(kit):
     with pytest.raises(ValueError, match="headroom"):
         _encrypt(kit, {"w": np.ones(10, np.float32)}, 200_000)
     assert set(_encrypt(kit, {"w": np.ones(10, np.float32)}, 5_000).data) == {PAYLOAD_KEY}
+
+
+@pytest.mark.parametrize("layers", [None, [r"^conv\.", "big"]])
+def test_integer_buffers_keep_their_dtype(kit, layers):
+    """A BatchNorm's num_batches_tracked (int64) comes back as int64 with its exact value, whether encrypted
+    or exposed; float layers come back float32."""
+    import torch
+
+    bn = torch.nn.BatchNorm2d(4)
+    bn.num_batches_tracked.fill_(7)
+    state = {f"bn.{k}": v.numpy().copy() for k, v in bn.state_dict().items()}
+    sites, steps = _sites(4)
+    sites = [{**s, **state} for s in sites]
+    encrypted = [_encrypt(kit, p, w, layers=layers) for p, w in zip(sites, steps, strict=True)]
+    _, result = _aggregate(kit, encrypted)
+    client = ts.context_from((kit / "startup" / CLIENT_CONTEXT).read_bytes())
+    got = decrypt_global(client, result.params)
+    assert got["bn.num_batches_tracked"].dtype == np.int64 and int(got["bn.num_batches_tracked"]) == 7
+    assert got["bn.running_var"].dtype == np.float32 and got["big"].dtype == np.float32
+    bn.load_state_dict({k[3:]: torch.as_tensor(got[k]) for k in state})  # loads into the module as is

@@ -34,6 +34,7 @@ class HESumAggregator(ModelAggregator):
         if self._layout is not None and he["layout"] != self._layout:
             raise ValueError(f"{site} sent a model with a different layer layout than the other sites")
         self._layout = he["layout"]
+        self._exposed_dtypes = he.get("exposed_dtypes", {})
         self._chunks = add_encrypted(self._server_context(), self._chunks, he["chunks"])
         for name, value in model.params.items():
             if name != PAYLOAD_KEY:
@@ -44,9 +45,11 @@ class HESumAggregator(ModelAggregator):
         if self._chunks is None:
             raise ValueError("no site model was accepted this round")
         payload = {"chunks": [c.serialize() for c in self._chunks], "layout": self._layout, "weight": self._weight}
+        payload["exposed_dtypes"] = self._exposed_dtypes
         result = FLModel(params={**self._plain, PAYLOAD_KEY: payload}, params_type=ParamsType.FULL)
         self.reset_stats()
         return result
 
     def reset_stats(self) -> None:
         self._chunks, self._layout, self._plain, self._weight = None, None, {}, 0.0
+        self._exposed_dtypes: dict = {}

@@ -17,6 +17,7 @@ from consortium.he.ckks import (
     decrypt,
     encrypt_weighted,
     flatten,
+    restore_dtype,
     serialize,
     split_layers,
     unflatten,
@@ -81,7 +82,13 @@ class HEEncryptUpdate(Filter):
             )
         payload = {name: np.asarray(dxo.data[name], dtype=np.float64) * weight for name in exposed}
         chunks = serialize(encrypt_weighted(self._site.context(fl_ctx), flat, weight))
-        payload[PAYLOAD_KEY] = {"chunks": chunks, "layout": layout.to_wire(), "weight": float(weight)}
+        exposed_dtypes = {name: np.asarray(dxo.data[name]).dtype.str for name in exposed}
+        payload[PAYLOAD_KEY] = {
+            "chunks": chunks,
+            "layout": layout.to_wire(),
+            "weight": float(weight),
+            "exposed_dtypes": exposed_dtypes,
+        }
         dxo.data = payload
         return dxo.update_shareable(shareable)
 
@@ -116,6 +123,7 @@ def decrypt_global(context, params: dict) -> dict[str, np.ndarray]:
         )
     out = unflatten(flat, layout)
     for name, value in params.items():
-        if name != PAYLOAD_KEY:
-            out[name] = (np.asarray(value, dtype=np.float64) / total).astype(np.float32)
+        if name != PAYLOAD_KEY:  # exposed layers arrive as weighted sums (float64); their dtype travels in meta
+            dtype = np.dtype(he.get("exposed_dtypes", {}).get(name, "<f4"))
+            out[name] = restore_dtype(np.asarray(value, dtype=np.float64) / total, dtype)
     return out

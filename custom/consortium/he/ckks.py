@@ -21,20 +21,24 @@ PAYLOAD_KEY = "__he__"  # the one key of an encrypted params dict besides plaint
 
 @dataclass(frozen=True)
 class Layout:
-    """Where each encrypted layer sits in the flat vector: (name, shape) in order."""
+    """Where each encrypted layer sits in the flat vector: (name, shape) in order, and its dtype."""
 
     layers: tuple[tuple[str, tuple[int, ...]], ...]
+    dtypes: tuple[str, ...] | None = None  # numpy dtype strings; None: every layer float32
 
     @property
     def size(self) -> int:
         return int(sum(np.prod(shape, dtype=np.int64) for _, shape in self.layers))
 
     def to_wire(self) -> list:
-        return [[name, list(shape)] for name, shape in self.layers]
+        dtypes = self.dtypes or ("<f4",) * len(self.layers)
+        return [[name, list(shape), dtype] for (name, shape), dtype in zip(self.layers, dtypes, strict=True)]
 
     @classmethod
     def from_wire(cls, wire: list) -> "Layout":
-        return cls(tuple((str(name), tuple(int(d) for d in shape)) for name, shape in wire))
+        layers = tuple((str(entry[0]), tuple(int(d) for d in entry[1])) for entry in wire)
+        dtypes = tuple(str(entry[2]) if len(entry) > 2 else "<f4" for entry in wire)
+        return cls(layers, dtypes)
 
 
 def split_layers(names, patterns: list[str] | None) -> tuple[list[str], list[str]]:
@@ -48,19 +52,29 @@ def split_layers(names, patterns: list[str] | None) -> tuple[list[str], list[str
 
 
 def flatten(params: Mapping[str, np.ndarray], names: list[str]) -> tuple[np.ndarray, Layout]:
+    dtypes = tuple(np.asarray(params[n]).dtype.str for n in names)
     arrays = [np.asarray(params[n], dtype=np.float64) for n in names]
-    layout = Layout(tuple((n, tuple(a.shape)) for n, a in zip(names, arrays, strict=True)))
+    layout = Layout(tuple((n, tuple(a.shape)) for n, a in zip(names, arrays, strict=True)), dtypes)
     flat = np.concatenate([a.ravel() for a in arrays]) if arrays else np.zeros(0)
     return flat, layout
 
 
-def unflatten(flat: np.ndarray, layout: Layout, dtype=np.float32) -> dict[str, np.ndarray]:
+def unflatten(flat: np.ndarray, layout: Layout) -> dict[str, np.ndarray]:
+    """Layers back in their shapes and dtypes; integer buffers (e.g. BatchNorm's num_batches_tracked)
+    are rounded to the nearest integer, since CKKS returns them with a tiny approximation error."""
     out, offset = {}, 0
-    for name, shape in layout.layers:
+    dtypes = layout.dtypes or ("<f4",) * len(layout.layers)
+    for (name, shape), dtype in zip(layout.layers, dtypes, strict=True):
         n = int(np.prod(shape, dtype=np.int64))
-        out[name] = flat[offset : offset + n].reshape(shape).astype(dtype)
+        out[name] = restore_dtype(flat[offset : offset + n].reshape(shape), np.dtype(dtype))
         offset += n
     return out
+
+
+def restore_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.bool_):
+        return np.rint(values).astype(dtype)
+    return values.astype(dtype)
 
 
 def slot_count(context) -> int:
