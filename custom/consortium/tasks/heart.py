@@ -7,14 +7,13 @@ Adam (lr 0.001 there), batch size 4; the metric is accuracy on each hospital's t
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from consortium.data.heart import FEATURES, load_center
+from consortium.tasks.common import TrainResult, train_loop
 
 METRIC_NAME = "accuracy"
 
@@ -22,13 +21,6 @@ METRIC_NAME = "accuracy"
 def build_model() -> torch.nn.Module:
     """Logistic regression: one linear layer (13 -> 1); the sigmoid lives in the loss and in evaluate."""
     return torch.nn.Linear(len(FEATURES), 1)
-
-
-@dataclass
-class TrainResult:
-    steps: int
-    loss: float
-    seconds: float
 
 
 def train(
@@ -44,28 +36,27 @@ def train(
     algorithm=None,
     per_sample_loss: bool = False,
 ) -> TrainResult:
-    """`epochs` passes (or `max_steps` batches, cycling the data); `algorithm`: see consortium.algorithms.
+    """`epochs` passes (or `max_steps` batches); `algorithm`: see consortium.tasks.common.train_loop.
 
     The loss is a mean of per-sample terms either way, so `per_sample_loss` (DP-SGD) changes nothing here."""
-    model.to(device).train()
-    optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    steps, total, start = 0, 0.0, time.perf_counter()
-    for _ in range(epochs):
-        for x, y in loader:
-            if should_stop() or (max_steps is not None and steps >= max_steps):
-                break
-            x, y = x.to(device), y.to(device)
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x).squeeze(-1), y)
-            extra = algorithm.loss_term(model) if algorithm is not None else None
-            (loss if extra is None else loss + extra).backward()
-            optimizer.step()
-            if algorithm is not None:
-                algorithm.after_step(model, lr)
-            steps += 1
-            total += float(loss.detach())
-    return TrainResult(steps=steps, loss=total / max(steps, 1), seconds=time.perf_counter() - start)
+
+    def batch_loss(net, batch):
+        x, y = batch
+        return loss_fn(net(x.to(device)).squeeze(-1), y.to(device))
+
+    return train_loop(
+        model,
+        loader,
+        batch_loss,
+        epochs=epochs,
+        lr=lr,
+        max_steps=max_steps,
+        device=device,
+        should_stop=should_stop,
+        optimizer=optimizer,
+        algorithm=algorithm,
+    )
 
 
 @torch.no_grad()

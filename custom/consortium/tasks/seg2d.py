@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 import warnings
-from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
@@ -28,6 +26,8 @@ from monai.transforms import (
     RandShiftIntensityd,
     ScaleIntensityRanged,
 )
+
+from consortium.tasks.common import TrainResult, train_loop
 
 # MONAI's PydicomReader probes for a GPU decoder on every read; on CPU sites that is noise, not news.
 warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
@@ -82,13 +82,6 @@ def make_transforms(train: bool) -> Compose:
     return Compose(steps)
 
 
-@dataclass
-class TrainResult:
-    steps: int
-    loss: float
-    seconds: float
-
-
 def train(
     model: torch.nn.Module,
     loader,
@@ -103,33 +96,29 @@ def train(
     per_sample_loss: bool = False,
 ) -> TrainResult:
     """Train for `epochs` passes (or `max_steps` batches); returns steps taken and mean loss.
-
-    `algorithm` (FedProx, SCAFFOLD; see consortium.algorithms) adds `loss_term(model)` to the loss and
-    runs `after_step(model, lr)` after every optimizer step; None is plain local training (FedAvg).
+    `algorithm`: see consortium.tasks.common.train_loop.
 
     `per_sample_loss=True` (DP-SGD): Dice over the whole batch (batch=True) couples the samples, so one
     slice would move every sample's gradient and per-sample clipping would not bound its influence. Then
     the loss is instead the mean over samples of each sample's own Dice + CE, as Opacus's
     loss_reduction="mean" assumes."""
-    model.to(device).train()
-    optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = DiceCELoss(sigmoid=True, batch=not per_sample_loss)
-    steps, total, start = 0, 0.0, time.perf_counter()
-    for _ in range(epochs):
-        for batch in loader:
-            if should_stop() or (max_steps is not None and steps >= max_steps):
-                break
-            image, label = batch["image"].to(device), batch["label"].to(device)
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(image), label)
-            extra = algorithm.loss_term(model) if algorithm is not None else None
-            (loss if extra is None else loss + extra).backward()
-            optimizer.step()
-            if algorithm is not None:
-                algorithm.after_step(model, lr)
-            steps += 1
-            total += float(loss.detach())
-    return TrainResult(steps=steps, loss=total / max(steps, 1), seconds=time.perf_counter() - start)
+
+    def batch_loss(net, batch):
+        return loss_fn(net(batch["image"].to(device)), batch["label"].to(device))
+
+    return train_loop(
+        model,
+        loader,
+        batch_loss,
+        epochs=epochs,
+        lr=lr,
+        max_steps=max_steps,
+        device=device,
+        should_stop=should_stop,
+        optimizer=optimizer,
+        algorithm=algorithm,
+    )
 
 
 @torch.no_grad()
