@@ -164,17 +164,9 @@ def cmd_simulate(args) -> int:
     history = json.loads(metrics.read_text())
     history["wall_seconds"] = seconds
     (out / C.METRICS_FILE).write_text(json.dumps(history, indent=1))
-    final = history.get("final", {})
-    metric = (history.get("meta") or {}).get("metric", "score")
-    print(f"done in {seconds:.0f} s. Final global model, validation {metric} per site:")
-    for site, m in sorted(final.items()):
-        print(f"  {site:14s} {m.get(C.METRIC_SCORE, float('nan')):.3f}")
-    print(f"global model: {out / C.GLOBAL_MODEL_FILE}")
-    print(f"metrics:      {out / C.METRICS_FILE}")
-    print(f"log:          {out / 'simulate.log'}")
-    from consortium.report import report_after_job
+    from consortium.report import print_job_summary
 
-    report_after_job(out)
+    print_job_summary(out, history, f"done in {seconds:.0f} s; ")
     return 0
 
 

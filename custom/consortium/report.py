@@ -56,6 +56,10 @@ class Run:
     def final_score(self, site: str, key: str = C.METRIC_SCORE) -> float | None:
         return ((self.history.get("final") or {}).get(site) or {}).get(key)
 
+    def local_score(self, trained_on: str, data_of: str) -> float | None:
+        """The score of the model trained at `trained_on` alone, on `data_of`'s validation data."""
+        return ((self.local or {}).get(trained_on) or {}).get("scores", {}).get(data_of)
+
 
 def load_run(folder: Path, baselines: Path | None = None) -> Run:
     folder = Path(folder)
@@ -192,7 +196,7 @@ def answer_rows(run: Run) -> list[list[str]]:
     for site in run.sites:
         shared = run.final_score(site)
         tuned = run.final_score(site, C.METRIC_PERSONAL_SCORE)
-        alone = ((run.local or {}).get(site) or {}).get("scores", {}).get(site)
+        alone = run.local_score(site, site)
         best = max(v for v in (shared, tuned) if v is not None) if shared is not None or tuned is not None else None
         if best is None:
             verdict = "no final evaluation (job did not finish)"
@@ -211,7 +215,7 @@ def _others(run: Run, site: str) -> str:
     """The global model vs the site's local-only model on the *other* sites' data (generalisation)."""
     others = [s for s in run.sites if s != site]
     shared = [run.final_score(s) for s in others]
-    alone = [((run.local or {}).get(site) or {}).get("scores", {}).get(s) for s in others]
+    alone = [run.local_score(site, s) for s in others]
     if not others or any(v is None for v in shared):
         return "–"
     text = f"shared {sum(shared) / len(shared):.3f}"
@@ -297,6 +301,18 @@ def write_tensorboard(run: Run, folder: Path) -> Path:
 
 
 # -- the report --------------------------------------------------------------------------------------------
+def print_job_summary(folder: Path, history: dict, headline: str) -> None:
+    """What simulate and submit print at the end of a job: the final scores, where the files are, the report."""
+    print(f"{headline}final global model, validation {(history.get('meta') or {}).get('metric', 'score')} per site:")
+    for site, m in sorted(history.get("final", {}).items()):
+        print(f"  {site:14s} {m.get(C.METRIC_SCORE, float('nan')):.3f}")
+    print(f"global model: {folder / C.GLOBAL_MODEL_FILE}")
+    print(f"metrics:      {folder / C.METRICS_FILE}")
+    if (folder / "simulate.log").exists():
+        print(f"log:          {folder / 'simulate.log'}")
+    report_after_job(folder)
+
+
 def report_after_job(folder: Path) -> Path | None:
     """Write the report of a run that just finished; a report that cannot be written never fails the job."""
     try:
@@ -306,6 +322,16 @@ def report_after_job(folder: Path) -> Path | None:
         return None
     print(f"report:       {path}")
     return path
+
+
+def _section(title: str, text: str, header: list[str] | None = None, rows=None) -> tuple[str, str, str]:
+    """(title, markdown body, html body): a paragraph of `text` (if any), then the table (if `header`)."""
+    md = [text] if text else []
+    body = f"<p>{html.escape(text)}</p>" if text else ""
+    if header is not None:
+        md.append(_md_table(header, rows))
+        body += _html_table(header, rows)
+    return title, "\n\n".join(md), body
 
 
 def write_report(run: Run) -> dict[str, Path]:
@@ -333,24 +359,11 @@ def write_report(run: Run) -> dict[str, Path]:
             f" No local-only baseline in {run.baseline_dir}: run `{baseline_cmd}` (with the run's --site-configs "
             "and --runs) to answer the question."
         )
-    sections.append(
-        (
-            "Is the shared model better for my hospital?",
-            text + "\n\n" + _md_table(header, rows),
-            f"<p>{html.escape(text)}</p>" + _html_table(header, rows),
-        )
-    )
-
-    sections.append(
-        (
-            "Run",
-            _md_table(["setting", "value"], metadata_rows(run)),
-            _html_table(["setting", "value"], metadata_rows(run)),
-        )
-    )
+    sections.append(_section("Is the shared model better for my hospital?", text, header, rows))
+    sections.append(_section("Run", "", ["setting", "value"], metadata_rows(run)))
 
     text = "Solid: the global model each site received at the start of a round; dashed: after its local training."
-    sections.append(("Learning curves", text, f"<p>{html.escape(text)}</p>"))
+    sections.append(_section("Learning curves", text))
 
     matrix = run.history.get("cross_site")
     if matrix:
@@ -360,16 +373,10 @@ def write_report(run: Run) -> dict[str, Path]:
             "Every model on every site's validation data (FLARE cross-site evaluation). A site's model is the "
             "final global model fine-tuned at that site, or its last local training if the job does not fine-tune."
         )
-        sections.append(
-            (
-                "Cross-site evaluation",
-                text + "\n\n" + _md_table(header, rows),
-                f"<p>{html.escape(text)}</p>" + _html_table(header, rows),
-            )
-        )
+        sections.append(_section("Cross-site evaluation", text, header, rows))
     else:
         text = "This run has no cross-site evaluation (job setting `cross_site: false`, or it did not finish)."
-        sections.append(("Cross-site evaluation", text, f"<p>{html.escape(text)}</p>"))
+        sections.append(_section("Cross-site evaluation", text))
 
     header = ["model"] + run.sites
     rows = comparison_rows(run)
@@ -377,13 +384,7 @@ def write_report(run: Run) -> dict[str, Path]:
     if run.local is None or run.pooled is None:
         text += f" Missing baselines: run `{baseline_cmd}` and `{pooled_cmd}`."
     text += " Pooled training is a reference only generated data allow: real hospitals cannot pool."
-    sections.append(
-        (
-            "Federated vs local-only vs pooled",
-            text + "\n\n" + _md_table(header, rows),
-            f"<p>{html.escape(text)}</p>" + _html_table(header, rows),
-        )
-    )
+    sections.append(_section("Federated vs local-only vs pooled", text, header, rows))
 
     spent = privacy_by_round(run)
     if spent:
@@ -399,26 +400,18 @@ def write_report(run: Run) -> dict[str, Path]:
         )
         text = f"Cumulative epsilon per site at delta {delta:g}." if delta else "Cumulative epsilon per site."
         header = ["site", "epsilon spent", "rounds trained"]
-        sections.append(
-            (
-                "Privacy spent",
-                text + "\n\n" + _md_table(header, rows),
-                f"<p>{html.escape(text)}</p>" + _html_table(header, rows),
-            )
-        )
+        sections.append(_section("Privacy spent", text, header, rows))
     else:
         text = "Differential privacy was off in this run: no privacy budget was spent or accounted."
-        sections.append(("Privacy spent", text, f"<p>{html.escape(text)}</p>"))
+        sections.append(_section("Privacy spent", text))
 
     problems = {**(run.history.get("errors") or {}), **(run.history.get("refused") or {})}
     if problems:
         rows = [[s, _message(msg)] for s, msg in sorted(problems.items())]
-        sections.append(
-            ("Site errors and refusals", _md_table(["site", "message"], rows), _html_table(["site", "message"], rows))
-        )
+        sections.append(_section("Site errors and refusals", "", ["site", "message"], rows))
     if run.notes:
         text = "; ".join(run.notes)
-        sections.append(("Notes", text, f"<p>{html.escape(text)}</p>"))
+        sections.append(_section("Notes", text))
 
     plot_for = {"Learning curves": "learning_curves", "Cross-site evaluation": "cross_site", "Privacy spent": "privacy"}
     title = f"Consortium report: {run.meta.get('job', run.folder.name)}"

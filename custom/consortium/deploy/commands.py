@@ -125,14 +125,9 @@ def cmd_submit(args) -> int:
         kit_context = _paths(args).prod(state["project"]) / site / "startup" / "client_context.tenseal"
         release_plaintext(out, kit_context, f"{site}'s kit key")
     history = json.loads((out / C.METRICS_FILE).read_text())
-    print(f"final global model, validation {(history.get('meta') or {}).get('metric', 'score')} per site:")
-    for site, m in sorted(history.get("final", {}).items()):
-        print(f"  {site:14s} {m.get(C.METRIC_SCORE, float('nan')):.3f}")
-    print(f"global model: {out / C.GLOBAL_MODEL_FILE}")
-    print(f"metrics:      {out / C.METRICS_FILE}")
-    from consortium.report import report_after_job
+    from consortium.report import print_job_summary
 
-    report_after_job(out)
+    print_job_summary(out, history, "")
     return 0
 
 

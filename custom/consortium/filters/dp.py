@@ -18,7 +18,7 @@ from nvflare.apis.shareable import Shareable, make_reply
 
 from consortium import constants as C
 from consortium.he.ckks import PAYLOAD_KEY
-from consortium.privacy.accountant import RDPAccountant, check_dp_args, noise_for_target
+from consortium.privacy.accountant import RDPAccountant, check_dp_args, noise_for_target, read_dp_settings
 
 CTX_RECEIVED_MODEL = "consortium_dp_received_model"  # FLContext prop: the task's plaintext global weights
 
@@ -85,23 +85,12 @@ class GaussianUpdateFilter(Filter):
     def from_job(cls, raw, *, rounds: int, where: str = "dp_update") -> "GaussianUpdateFilter":
         """From a job's `dp_update: {clip_norm, delta, target_epsilon | noise_multiplier}`; a target epsilon
         over the job's rounds fixes the noise. Errors name `where.<key>`."""
-        if not isinstance(raw, dict):
-            raise ValueError(f"{where}: expected a mapping (clip_norm, delta, target_epsilon), got {raw!r}")
-        known = ("clip_norm", "delta", "target_epsilon", "noise_multiplier")
-        unknown = sorted(set(raw) - set(known))
-        if unknown:
-            raise ValueError(f"{where}.{unknown[0]}: unknown key; allowed: {', '.join(known)}")
-        values = {}
-        for key, value in raw.items():
-            try:
-                values[key] = float(value)  # YAML reads 1e-5 (no dot) as a string
-            except (TypeError, ValueError):
-                raise ValueError(f"{where}.{key}: {value!r} is not a number") from None
-        for key in ("clip_norm", "delta"):
-            if key not in values:
-                raise ValueError(f"{where}.{key}: missing")
-        if ("target_epsilon" in values) == ("noise_multiplier" in values):
-            raise ValueError(f"{where}: set exactly one of target_epsilon (noise derived) and noise_multiplier")
+        values = read_dp_settings(
+            raw,
+            where=where,
+            required=("clip_norm", "delta"),
+            example="clip_norm: 1.0, delta: 1.0e-5, target_epsilon: 8",
+        )
         noise = values.get("noise_multiplier")
         if noise is None:
             try:  # one Gaussian mechanism per round at sensitivity 2 x clip_norm: multiplier = 2 x sigma_unit

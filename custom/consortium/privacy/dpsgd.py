@@ -9,7 +9,6 @@ The task's own `train()` runs unchanged on the wrapped model, the batches and th
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 
@@ -20,7 +19,7 @@ from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from opacus.validators import ModuleValidator
 from torch import nn
 
-from consortium.privacy.accountant import RDPAccountant, check_dp_args, noise_for_target
+from consortium.privacy.accountant import RDPAccountant, check_dp_args, noise_for_target, read_dp_settings
 from consortium.privacy.persample import ConvGradSampleModule
 
 
@@ -36,29 +35,12 @@ class DPSGDSettings:
     @classmethod
     def from_dict(cls, raw, where: str = "dp_sgd") -> "DPSGDSettings":
         """Parse and validate; errors name `where.<key>` and how to fix it."""
-        if not isinstance(raw, dict):
-            raise ValueError(f"{where}: expected a mapping (target_epsilon, delta, max_grad_norm), got {raw!r}")
-        known = ("target_epsilon", "noise_multiplier", "delta", "max_grad_norm")
-        unknown = sorted(set(raw) - set(known))
-        if unknown:
-            raise ValueError(f"{where}.{unknown[0]}: unknown key; allowed: {', '.join(known)}")
-        values = {}
-        for key in known:
-            if raw.get(key) is None:
-                continue
-            try:
-                values[key] = float(raw[key])  # YAML reads 1e-5 (no dot) as a string
-            except (TypeError, ValueError):
-                raise ValueError(f"{where}.{key}: {raw[key]!r} is not a number") from None
-            if not (math.isfinite(values[key]) and values[key] > 0):
-                raise ValueError(f"{where}.{key}: must be a finite number > 0, got {raw[key]!r}")
-        for key in ("delta", "max_grad_norm"):
-            if key not in values:
-                raise ValueError(f"{where}.{key}: missing; e.g. delta: 1.0e-5, max_grad_norm: 1.0")
-        if values["delta"] >= 1:
-            raise ValueError(f"{where}.delta: must be < 1 (e.g. 1.0e-5, below 1 / number of patients)")
-        if ("target_epsilon" in values) == ("noise_multiplier" in values):
-            raise ValueError(f"{where}: set exactly one of target_epsilon (noise derived) and noise_multiplier")
+        values = read_dp_settings(
+            raw,
+            where=where,
+            required=("delta", "max_grad_norm"),
+            example="target_epsilon: 8, delta: 1.0e-5, max_grad_norm: 1.0",
+        )
         return cls(**values)
 
 

@@ -21,13 +21,13 @@ def train_loop(
     loader,
     batch_loss: Callable[[torch.nn.Module, object], torch.Tensor],
     *,
-    epochs: int,
-    lr: float,
-    max_steps: int | None,
-    device: str,
-    should_stop: Callable[[], bool],
-    optimizer: torch.optim.Optimizer | None,
-    algorithm,
+    epochs: int = 1,
+    lr: float = 1e-3,
+    max_steps: int | None = None,
+    device: str = "cpu",
+    should_stop: Callable[[], bool] = lambda: False,
+    optimizer: torch.optim.Optimizer | None = None,
+    algorithm=None,
 ) -> TrainResult:
     """`epochs` passes (or `max_steps` batches) of Adam (or the given optimizer, e.g. DP-SGD's).
 

@@ -7,8 +7,6 @@ Adam (lr 0.001 there), batch size 4; the metric is accuracy on each hospital's t
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -24,19 +22,9 @@ def build_model() -> torch.nn.Module:
 
 
 def train(
-    model: torch.nn.Module,
-    loader,
-    *,
-    epochs: int = 1,
-    lr: float = 1e-3,
-    max_steps: int | None = None,
-    device: str = "cpu",
-    should_stop: Callable[[], bool] = lambda: False,
-    optimizer: torch.optim.Optimizer | None = None,
-    algorithm=None,
-    per_sample_loss: bool = False,
+    model: torch.nn.Module, loader, *, device: str = "cpu", per_sample_loss: bool = False, **options
 ) -> TrainResult:
-    """`epochs` passes (or `max_steps` batches); `algorithm`: see consortium.tasks.common.train_loop.
+    """`options` (epochs or max_steps, lr, optimizer, algorithm, should_stop): see tasks.common.train_loop.
 
     The loss is a mean of per-sample terms either way, so `per_sample_loss` (DP-SGD) changes nothing here."""
     loss_fn = torch.nn.BCEWithLogitsLoss()
@@ -45,18 +33,7 @@ def train(
         x, y = batch
         return loss_fn(net(x.to(device)).squeeze(-1), y.to(device))
 
-    return train_loop(
-        model,
-        loader,
-        batch_loss,
-        epochs=epochs,
-        lr=lr,
-        max_steps=max_steps,
-        device=device,
-        should_stop=should_stop,
-        optimizer=optimizer,
-        algorithm=algorithm,
-    )
+    return train_loop(model, loader, batch_loss, device=device, **options)
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 from monai.data import PydicomReader
@@ -83,20 +83,10 @@ def make_transforms(train: bool) -> Compose:
 
 
 def train(
-    model: torch.nn.Module,
-    loader,
-    *,
-    epochs: int = 1,
-    lr: float = 1e-3,
-    max_steps: int | None = None,
-    device: str = "cpu",
-    should_stop: Callable[[], bool] = lambda: False,
-    optimizer: torch.optim.Optimizer | None = None,
-    algorithm=None,
-    per_sample_loss: bool = False,
+    model: torch.nn.Module, loader, *, device: str = "cpu", per_sample_loss: bool = False, **options
 ) -> TrainResult:
     """Train for `epochs` passes (or `max_steps` batches); returns steps taken and mean loss.
-    `algorithm`: see consortium.tasks.common.train_loop.
+    `options` (epochs or max_steps, lr, optimizer, algorithm, should_stop): see tasks.common.train_loop.
 
     `per_sample_loss=True` (DP-SGD): Dice over the whole batch (batch=True) couples the samples, so one
     slice would move every sample's gradient and per-sample clipping would not bound its influence. Then
@@ -107,18 +97,7 @@ def train(
     def batch_loss(net, batch):
         return loss_fn(net(batch["image"].to(device)), batch["label"].to(device))
 
-    return train_loop(
-        model,
-        loader,
-        batch_loss,
-        epochs=epochs,
-        lr=lr,
-        max_steps=max_steps,
-        device=device,
-        should_stop=should_stop,
-        optimizer=optimizer,
-        algorithm=algorithm,
-    )
+    return train_loop(model, loader, batch_loss, device=device, **options)
 
 
 @torch.no_grad()

@@ -169,8 +169,7 @@ class ConsortiumFedAvg(FedAvg):
             self.info(f"[progress] final global model, validation {metric} per site: {shown}")
             if self.finetune_epochs:
                 shown = ", ".join(
-                    f"{s} {m.get(C.METRIC_PERSONAL_SCORE, float('nan')):.3f}"
-                    for s, m in self._history["final"].items()
+                    f"{s} {m.get(C.METRIC_PERSONAL_SCORE, float('nan')):.3f}" for s, m in self._history["final"].items()
                 )
                 self.info(f"[progress] after {self.finetune_epochs} fine-tuning epoch(s) at each site: {shown}")
             self._write_history()
