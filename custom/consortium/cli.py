@@ -166,7 +166,7 @@ def cmd_simulate(args) -> int:
     (out / C.METRICS_FILE).write_text(json.dumps(history, indent=1))
     from consortium.report import print_job_summary
 
-    print_job_summary(out, history, f"done in {seconds:.0f} s; ")
+    print_job_summary(out, history, f"done in {seconds:.0f} s; ", log=out / "simulate.log")
     return 0
 
 
