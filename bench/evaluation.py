@@ -1,10 +1,20 @@
 """Benchmark: is the shared model better for each hospital than training alone? FedAvg, FedProx and SCAFFOLD
 in the FLARE simulator against each site alone and pooled data, with the same task functions and settings.
 
-Usage: python bench/evaluation.py [--jobs fedavg fedprox scaffold] [--rounds N] [--runs runs/bench]
-Prints the score of every model on every site's validation split, the cross-site matrix of each job, and the
-issue's two targets: (1) the global model's mean within 0.02 of pooled training; (2) the global model beats
-every site's local-only model on the average of the *other* sites' data.
+Usage: python bench/evaluation.py [--jobs fedavg fedprox scaffold] [--rounds N] [--seeds 0 1 ...]
+                                  [--test-patients 100] [--local first|all|none] [--runs runs/bench]
+Prints the score of every model on every site's validation split and on a held-out test cohort, the
+cross-site matrix of each job, and the issue's two targets: (1) the global model's mean within 0.02 of
+pooled training; (2) the global model beats every site's local-only model on the average of the *other*
+sites' data.
+
+Why a test cohort: the demo's validation splits are small (hospital-c has 16 slices, 7 of them without
+lesion, and an empty slice scores 0 or 1), so one flipped slice moves the three-site mean by 0.02, the
+size of target (1). The test cohort is --test-patients new patients per hospital, generated from the same
+hospital profile with a seed no training data uses; no model ever trains on it. Training itself varies with
+the seed too, so --seeds repeats everything (jobs, baselines) per seed. Every seed's results are kept in
+RUNS/seed<N>/evaluation.json, and the end of a run prints the mean over all seeds recorded there with the
+same settings (so two processes with different --seeds and the same --runs add up).
 Generates the demo data first if it is missing. The baselines use the first job's settings.
 """
 
@@ -18,12 +28,20 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
 from consortium.baselines import run_baselines
 from consortium.config import load_site_configs
+from consortium.constants import GLOBAL_MODEL_FILE
+from consortium.data.synth import generate_site
 from consortium.jobs import load_job_spec
-from consortium.tasks import get_task
+from consortium.tasks import get_task, seg2d
 
 ROOT = Path(__file__).resolve().parents[1]
+TEST_SEED = 7919  # generator seed of the held-out test cohorts; `data synth` uses --seed (default 0)
+POOLED = "pooled data (reference)"
+# what the baselines depend on (JobSpec fields): same values, same baseline models
+BASELINE_SETTINGS = ("task", "rounds", "local_epochs", "local_steps", "lr", "lr_schedule", "batch_size", "seed")
 
 
 def mean(values) -> float:
@@ -31,10 +49,157 @@ def mean(values) -> float:
     return sum(values) / len(values)
 
 
+def test_cohorts(sites: dict, patients: int, out: Path) -> dict:
+    """{site: loader} over `patients` new patients per hospital (its generated profile, seed TEST_SEED)."""
+    loaders = {}
+    for name, cfg in sites.items():
+        if cfg.synthetic is None:
+            raise SystemExit(f"{name} has no 'synthetic' profile in {cfg.source}: no test cohort can be generated")
+        test_cfg = replace(cfg, data=replace(cfg.data, dir=out / f"{patients}_patients" / name))
+        if not test_cfg.manifest_path.exists():  # the manifest is written last: its presence means complete
+            print(f"generating the test cohort of {name}: {patients} patients ...", flush=True)
+            generate_site(test_cfg, seed=TEST_SEED, patients=patients)
+        loaders[name] = seg2d.make_test_loader(test_cfg)
+    return loaders
+
+
+def evaluate_file(task, path: Path, loaders: dict) -> dict:
+    """Score the plaintext model file `path` (a state dict) on every loader."""
+    model = task.build_model()
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return {name: task.evaluate(model, loader) for name, loader in loaders.items()}
+
+
+def run_seed(seed: int, args, spec, sites: dict, tests: dict | None, with_local: bool) -> dict:
+    """Every job and baseline for one seed; returns (and writes) the rows and cross-site matrices."""
+    task = get_task(spec.task)
+    spec = replace(spec, seed=seed)
+    runs = Path(args.runs) / f"seed{seed}"
+    cli = [sys.executable, "-m", "consortium.cli", "--site-configs", args.site_configs, "--jobs", str(ROOT / "jobs")]
+    rows, matrices = [], {}
+    for job in args.jobs:
+        job_spec = load_job_spec(job, ROOT / "jobs")
+        start = time.perf_counter()
+        sim = cli + ["--runs", str(runs), "simulate", job, "--rounds", str(spec.rounds), "--seed", str(seed)]
+        print(f"seed {seed}: running {job} in the FLARE simulator ({spec.rounds} rounds) ...", flush=True)
+        subprocess.run(sim, check=True, stdout=subprocess.DEVNULL)
+        history = json.loads((runs / job / "metrics.json").read_text())
+        fed = {s: m["val_score"] for s, m in history["final"].items()}
+        test = evaluate_file(task, runs / job / GLOBAL_MODEL_FILE, tests) if tests else None
+        he = "HE" if job_spec.he else "plain"
+        rows.append({"label": f"{job_spec.algorithm} global ({job}, {he})", "val": fed, "test": test,
+                     "seconds": time.perf_counter() - start, "federated": True})  # fmt: skip
+        if "cross_site" in history:
+            matrices[job] = history["cross_site"]
+        tuned = {s: m.get("personalized_score") for s, m in history["final"].items()}
+        if all(v is not None for v in tuned.values()):  # fine-tuned models stay at their sites: val only
+            label = f"  + {job_spec.finetune_epochs} fine-tuning epochs at each site"
+            rows.append({"label": label, "val": tuned, "test": None, "seconds": 0.0})
+
+    quiet = lambda *_: None  # noqa: E731
+    print(f"seed {seed}: training the baselines ({'each site alone, ' if with_local else ''}pooled) ...", flush=True)
+    kinds = ["local", "pooled"] if with_local else ["pooled"]
+    for kind in kinds:
+        out = cached_baselines(spec, sites, kind, tests, args.test_patients, runs / f"baseline_{kind}.json", quiet)
+        for trained_on, res in out["results"].items():
+            label = POOLED if kind == "pooled" else f"local only: {trained_on}"
+            rows.append({"label": label, "val": res["scores"], "test": res.get("test_scores"),
+                         "seconds": res["seconds"], "local": kind == "local"})  # fmt: skip
+    record = {
+        "seed": seed,
+        "settings": settings_key(args, spec),
+        "rows": rows,
+        "matrices": matrices,
+    }
+    (runs / "evaluation.json").write_text(json.dumps(record, indent=1))
+    return record
+
+
+def cached_baselines(spec, sites: dict, kind: str, tests: dict | None, test_patients: int, path: Path, log) -> dict:
+    """run_baselines, or its earlier result for the same job settings and test cohort (baselines do not
+    depend on the federated jobs, so comparing another job with the same seed need not retrain them)."""
+    key = {k: getattr(spec, k) for k in BASELINE_SETTINGS} | {"sites": sorted(sites), "test_patients": test_patients}
+    if path.exists():
+        cached = json.loads(path.read_text())
+        if cached.get("key") == key:
+            print(f"  {kind} baseline: reusing {path}", flush=True)
+            return cached["out"]
+    out = run_baselines(spec, sites, kind=kind, log=log, test_loaders=tests)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"key": key, "out": out}, indent=1))
+    return out
+
+
+def settings_key(args, spec) -> dict:
+    return {"jobs": list(args.jobs), "rounds": spec.rounds, "test_patients": args.test_patients}
+
+
+def print_table(title: str, rows: list[dict], key: str, names: list[str]) -> None:
+    shown = [r for r in rows if r.get(key)]
+    if not shown:
+        return
+    print(f"\n{title}")
+    print(f"{'model':48s} " + " ".join(f"{n:>11s}" for n in names) + f" {'mean':>7s} {'seconds':>8s}")
+    for row in shown:
+        scores = row[key]
+        secs = f"{row['seconds']:8.1f}" if row.get("seconds") else f"{'':8s}"
+        line = " ".join(f"{scores[n]:11.3f}" for n in names)
+        print(f"{row['label']:48s} {line} {mean(scores[n] for n in names):7.3f} {secs}")
+
+
+def print_targets(rows: list[dict], key: str, names: list[str], where: str) -> None:
+    plain = lambda row: row.get("label_plain", row["label"])  # noqa: E731
+    pooled = next((r[key] for r in rows if plain(r) == POOLED and r.get(key)), None)
+    if pooled is None:
+        return
+    print(f"targets on {where}")
+    pooled_mean = mean(pooled[n] for n in names)
+    for row in rows:
+        if not row.get("federated") or not row.get(key):
+            continue
+        shared_mean = mean(row[key][n] for n in names)
+        gap = pooled_mean - shared_mean
+        verdict = "met" if gap <= 0.02 else "NOT met"
+        print(f"  (1) {row['label']}: mean {shared_mean:.3f} vs pooled {pooled_mean:.3f}: gap {gap:+.3f} ({verdict})")
+        for local in rows:
+            if not local.get("local") or not local.get(key):
+                continue
+            site = plain(local).removeprefix("local only: ")
+            others = [n for n in names if n != site]
+            alone, shared = mean(local[key][n] for n in others), mean(row[key][n] for n in others)
+            verdict = "met" if shared > alone else "NOT met"
+            print(f"  (2)   on the data of {', '.join(others)}: global {shared:.3f} vs local-only {site} "
+                  f"{alone:.3f} ({verdict})")  # fmt: skip
+
+
+def average(records: list[dict], names: list[str]) -> list[dict]:
+    """Per model, the mean score per site over the seeds that have it (n: how many)."""
+    by_label: dict[str, list[dict]] = {}
+    for record in records:
+        for row in record["rows"]:
+            by_label.setdefault(row["label"], []).append(row)
+    out = []
+    for label, rows in by_label.items():
+        merged = {k: v for k, v in rows[0].items() if k in ("federated", "local")}
+        merged["label"], merged["seconds"] = f"{label} [n={len(rows)}]", 0.0
+        for key in ("val", "test"):
+            have = [r[key] for r in rows if r.get(key)]
+            merged[key] = {n: mean(s[n] for s in have) for n in names} if have else None
+        merged["label_plain"] = label  # print_targets finds rows by their plain label
+        out.append(merged)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", nargs="+", default=["fedavg", "fedprox", "scaffold"], help="federated jobs")
     parser.add_argument("--rounds", type=int, help="override every job's rounds (and the baselines')")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default 0)")
+    parser.add_argument("--test-patients", type=int, default=100, help="held-out test patients per site (0: none)")
+    parser.add_argument(
+        "--local", choices=["first", "all", "none"], default="first",
+        help="train the local-only baselines for the first seed (default), every seed, or none",
+    )  # fmt: skip
     parser.add_argument("--runs", default=str(ROOT / "runs" / "bench"))
     parser.add_argument("--site-configs", default=str(ROOT / "site_configs"))
     args = parser.parse_args()
@@ -47,69 +212,46 @@ def main() -> int:
     sites = load_site_configs(Path(args.site_configs))
     names = list(sites)
     metric = get_task(spec.task).METRIC_NAME
-
-    rows, matrices, personal = [], {}, {}
-    for job in args.jobs:
-        job_spec = load_job_spec(job, ROOT / "jobs")
-        start = time.perf_counter()
-        sim = cli + ["--runs", args.runs, "simulate", job, "--rounds", str(spec.rounds)]
-        print(f"running {job} in the FLARE simulator ({spec.rounds} rounds) ...", flush=True)
-        subprocess.run(sim, check=True, stdout=subprocess.DEVNULL)
-        history = json.loads((Path(args.runs) / job / "metrics.json").read_text())
-        fed = {s: m["val_score"] for s, m in history["final"].items()}
-        he = "HE" if job_spec.he else "plain"
-        label = f"{job_spec.algorithm} global ({job}, {he})"
-        rows.append((label, fed, time.perf_counter() - start))
-        if "cross_site" in history:
-            matrices[job] = history["cross_site"]
-        tuned = {s: m.get("personalized_score") for s, m in history["final"].items()}
-        if all(v is not None for v in tuned.values()):
-            personal[job] = tuned
-            rows.append((f"  + {job_spec.finetune_epochs} fine-tuning epochs at each site", tuned, 0.0))
-
-    quiet = lambda *_: None  # noqa: E731
-    print("training the baselines (each site alone, pooled) ...", flush=True)
-    local = run_baselines(spec, sites, kind="local", log=quiet)
-    pooled = run_baselines(spec, sites, kind="pooled", log=quiet)
-    for trained_on, res in local["results"].items():
-        rows.append((f"local only: {trained_on}", res["scores"], res["seconds"]))
-    pooled_scores = pooled["results"]["pooled"]["scores"]
-    rows.append(("pooled data (reference)", pooled_scores, pooled["results"]["pooled"]["seconds"]))
-
-    print(
-        f"\n{metric} on each site's validation split. Settings of {spec.name}: {spec.rounds} rounds x "
-        f"{spec.local_epochs} local epochs, lr {spec.lr} ({spec.lr_schedule}), batch {spec.batch_size}, "
-        f"weighting {spec.weighting}"
+    tests = test_cohorts(sites, args.test_patients, Path(args.runs) / "test_cohort") if args.test_patients else None
+    settings = (
+        f"Settings of {spec.name}: {spec.rounds} rounds x {spec.local_epochs} local epochs, lr {spec.lr} "
+        f"({spec.lr_schedule}), batch {spec.batch_size}, weighting {spec.weighting}"
     )
-    print(f"{'model':48s} " + " ".join(f"{n:>11s}" for n in names) + f" {'mean':>7s} {'seconds':>8s}")
-    for label, scores, seconds in rows:
-        shown = f"{seconds:8.1f}" if seconds else f"{'':8s}"
-        line = " ".join(f"{scores[n]:11.3f}" for n in names)
-        print(f"{label:48s} {line} {mean(scores[n] for n in names):7.3f} {shown}")
 
-    for job, matrix in matrices.items():
-        print(f"\ncross-site evaluation of {job} (row: model, column: site whose validation data)")
-        print(f"{'model':14s} " + " ".join(f"{n:>11s}" for n in matrix["sites"]))
-        for model in matrix["models"]:
-            print(f"{model:14s} " + " ".join(f"{matrix['scores'][model][n]:11.3f}" for n in matrix["sites"]))
+    for i, seed in enumerate(args.seeds):
+        with_local = args.local == "all" or (args.local == "first" and i == 0)
+        record = run_seed(seed, args, spec, sites, tests, with_local)
+        print(f"\n=== seed {seed}. {settings}")
+        print_table(f"{metric} on each site's validation split", record["rows"], "val", names)
+        print_table(
+            f"{metric} on the held-out test cohort ({args.test_patients} patients per site)", record["rows"], "test",
+            names,
+        )  # fmt: skip
+        for job, matrix in record["matrices"].items():
+            print(f"\ncross-site evaluation of {job} (row: model, column: site whose validation data)")
+            print(f"{'model':14s} " + " ".join(f"{n:>11s}" for n in matrix["sites"]))
+            for model in matrix["models"]:
+                print(f"{model:14s} " + " ".join(f"{matrix['scores'][model][n]:11.3f}" for n in matrix["sites"]))
+        print()
+        print_targets(record["rows"], "test", names, "the test cohort")
+        print_targets(record["rows"], "val", names, "the validation splits")
 
-    print("\ntargets")
-    pooled_mean = mean(pooled_scores[n] for n in names)
-    for label, scores, _ in rows:
-        if " global (" not in label:
-            continue
-        gap = pooled_mean - mean(scores[n] for n in names)
-        verdict = "met" if gap <= 0.02 else "NOT met"
-        print(f"  (1) {label}: mean {pooled_mean - gap:.3f} vs pooled {pooled_mean:.3f}: gap {gap:+.3f} ({verdict})")
-        for site, res in local["results"].items():
-            others = [n for n in names if n != site]
-            alone = mean(res["scores"][n] for n in others)
-            shared = mean(scores[n] for n in others)
-            verdict = "met" if shared > alone else "NOT met"
-            print(
-                f"  (2)   on the data of {', '.join(others)}: global {shared:.3f} vs local-only {site} "
-                f"{alone:.3f} ({verdict})"
-            )
+    key = settings_key(args, spec)
+    records = []
+    for path in sorted(Path(args.runs).glob("seed*/evaluation.json")):
+        record = json.loads(path.read_text())
+        if record.get("settings") == key:
+            records.append(record)
+    if len(records) > 1:
+        seeds = ", ".join(str(r["seed"]) for r in records)
+        print(f"\n=== mean over seeds {seeds} (all recorded in {args.runs} with these settings). {settings}")
+        rows = average(records, names)
+        print_table(f"{metric} on each site's validation split", rows, "val", names)
+        test_title = f"{metric} on the held-out test cohort ({args.test_patients} patients per site)"
+        print_table(test_title, rows, "test", names)
+        print()
+        print_targets(rows, "test", names, "the test cohort, mean over seeds")
+        print_targets(rows, "val", names, "the validation splits, mean over seeds")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Local-training corrections for non-IID sites: FedProx and SCAFFOLD.
+"""Local-training corrections for non-IID sites (FedProx, SCAFFOLD) and FedAvg's server momentum.
 
 A task's `train(..., algorithm=...)` calls two hooks and nothing else:
 - `loss_term(model)`: a tensor added to the batch loss before `backward()` (or None);
@@ -126,3 +126,48 @@ class Scaffold:
             new_local[name] = (torch.as_tensor(self.local[name]) - self._global[name] + moved).numpy()
         self.local = new_local
         return dict(new_local)
+
+
+class ServerMomentum:
+    """FedAvg with server momentum (FedAvgM, Hsu et al. 2019), computed at the sites: the server only adds.
+
+    FedAvgM updates the global model w with m_t = beta * m_{t-1} + avg_i(w_i - w_t) and w_{t+1} = w_t + m_t,
+    which is the same as w_{t+1} = avg_i(w_i) + beta * (w_t - w_{t-1}). Every site received w_t and w_{t-1},
+    so each adds beta * (w_t - w_{t-1}) to the model it sends; as the aggregation weights are normalised, the
+    server's weighted average of what the sites send is exactly the FedAvgM model. With HE nothing changes at
+    the server (no ciphertext multiplication), and under DP-SGD the term is post-processing of global models.
+    """
+
+    def __init__(self, beta: float):
+        if not (0.0 <= beta < 1.0):
+            raise ValueError(f"server_momentum must be in [0, 1), got {beta!r}")
+        self.beta = float(beta)
+        self._previous: tuple[int, dict[str, np.ndarray]] | None = None
+        self._term: dict[str, np.ndarray] | None = None
+
+    def receive(self, round_number: int, weights: Mapping[str, np.ndarray]) -> bool:
+        """Record the global model of `round_number`; False if the previous round's model is unknown here
+        (then this round's model is sent without the momentum term)."""
+        previous, self._term = self._previous, None
+        self._previous = (round_number, {k: np.array(v, dtype=np.float64) for k, v in weights.items()})
+        if round_number == 0:
+            return True  # w_{-1} = w_0: no momentum yet, at every site alike
+        if previous is None or previous[0] != round_number - 1:
+            return False
+        current = self._previous[1]
+        self._term = {
+            k: self.beta * (current[k] - previous[1][k])
+            for k in current
+            if k in previous[1] and np.issubdtype(np.asarray(weights[k]).dtype, np.floating)
+        }
+        return True
+
+    def outgoing(self, local: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The model to send: the locally trained weights plus this round's momentum term."""
+        if not self._term:
+            return dict(local)
+        out = {}
+        for k, v in local.items():
+            v = np.asarray(v)
+            out[k] = (v + self._term[k]).astype(v.dtype) if k in self._term else v
+        return out

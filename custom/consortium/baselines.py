@@ -25,8 +25,11 @@ def _budget(spec: JobSpec, loader, sites: int) -> dict:
     return {"epochs": -(-steps // max(len(loader), 1)), "max_steps": steps}
 
 
-def run_baselines(spec: JobSpec, sites: dict[str, SiteConfig], *, kind: str, log=print) -> dict:
-    """Train `local` (one model per site) or `pooled` (one model on all sites' data); Dice on every site."""
+def run_baselines(
+    spec: JobSpec, sites: dict[str, SiteConfig], *, kind: str, log=print, test_loaders: dict | None = None
+) -> dict:
+    """Train `local` (one model per site) or `pooled` (one model on all sites' data); Dice on every site's
+    validation split, and on `test_loaders` ({name: loader} of held-out data) if given."""
     task = get_task(spec.task)
     torch.set_num_threads(1)
     loaders = {name: task.make_loaders(cfg, batch_size=spec.batch_size, seed=spec.seed) for name, cfg in sites.items()}
@@ -50,5 +53,7 @@ def run_baselines(spec: JobSpec, sites: dict[str, SiteConfig], *, kind: str, log
             ).steps
         scores = {name: task.evaluate(model, loaders[name][1]) for name in sites}
         results[trained_on] = {"scores": scores, "steps": steps, "seconds": time.perf_counter() - start}
+        if test_loaders:
+            results[trained_on]["test_scores"] = {n: task.evaluate(model, ld) for n, ld in test_loaders.items()}
         log(f"[baseline] trained on {trained_on}: " + ", ".join(f"{s} {d:.3f}" for s, d in scores.items()))
     return {"kind": kind, "job": spec.name, "epochs": _epochs(spec), "results": results}

@@ -36,6 +36,7 @@ class JobSpec:
     prox_mu: float = 0.0  # FedProx proximal coefficient (algorithm: fedprox); 0 is FedAvg
     finetune_epochs: int = 0  # after training, each site fine-tunes the global model locally (personalization)
     weighting: str = "steps"  # a site's aggregation weight: its local steps (FedAvg), or "uniform"
+    server_momentum: float = 0.0  # FedAvgM's beta, applied at the sites (algorithms.ServerMomentum); 0: none
     cross_site: bool = True  # end with FLARE's cross-site evaluation: every model on every site's data
     # DP-SGD at every site: {target_epsilon (whole job, per site) | noise_multiplier, delta, max_grad_norm}
     dp_sgd: dict | None = None
@@ -64,6 +65,7 @@ class JobSpec:
             ),
             (self.finetune_epochs >= 0, "finetune_epochs", "must be >= 0"),
             (self.weighting in WEIGHTINGS, "weighting", f"must be one of {', '.join(WEIGHTINGS)}"),
+            (0 <= self.server_momentum < 1, "server_momentum", "must be >= 0 and < 1 (0: plain FedAvg; try 0.5)"),
         ]
         for ok, field, problem in checks:
             if not ok:
@@ -95,6 +97,12 @@ class JobSpec:
                 "dp_update",
                 "cannot be combined with algorithm: scaffold (the control variates would leave un-noised); "
                 "use dp_sgd, which covers them",
+            ),
+            (
+                self.dp_update is None or self.server_momentum == 0,
+                "server_momentum",
+                "must be 0 with dp_update: the update filter would clip and noise the momentum term as part of "
+                "the site's update; use dp_sgd, with which server momentum is post-processing",
             ),
             (
                 self.dp_sgd is None or self.local_steps is None,
@@ -207,6 +215,7 @@ def build_job(spec: JobSpec, *, stream_logs: bool = True):
             "he": spec.he,
             "local_epochs": spec.local_epochs,
             "lr": spec.lr,
+            **({"server_momentum": spec.server_momentum} if spec.server_momentum else {}),
             **({"dp_sgd": spec.dp_sgd} if spec.dp_sgd else {}),
             **({"dp_update": spec.dp_update} if spec.dp_update else {}),
         },
@@ -250,6 +259,7 @@ def build_job(spec: JobSpec, *, stream_logs: bool = True):
         finetune_epochs=spec.finetune_epochs,
         weighting=spec.weighting,
         dp_sgd=spec.dp_sgd,
+        server_momentum=spec.server_momentum,
     )
     job.to_clients(trainer, tasks=[C.TASK_TRAIN, C.TASK_VALIDATE, C.TASK_SUBMIT_MODEL])
     # Stream each site's job log to the server, so `consortium logs/status` show a site's own errors.

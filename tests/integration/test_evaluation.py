@@ -1,4 +1,5 @@
-"""End of a job in the real FLARE simulator: SCAFFOLD rounds, per-site fine-tuning, cross-site evaluation."""
+"""End of a job in the real FLARE simulator: SCAFFOLD rounds with server momentum, per-site fine-tuning,
+cross-site evaluation."""
 
 import json
 import os
@@ -20,6 +21,7 @@ batch_size: 8
 min_clients: 2
 he: false
 algorithm: scaffold
+server_momentum: 0.5
 finetune_epochs: 1
 """
 
@@ -41,6 +43,10 @@ def test_cross_site_matrix_scaffold_and_personalization(small_sites, tmp_path):
     out = tmp_path / "runs" / "eval"
     history = json.loads((out / "metrics.json").read_text())
     assert history["meta"]["algorithm"] == "scaffold" and len(history["rounds"]) == 2
+    assert history["meta"]["server_momentum"] == 0.5
+    # every site took both rounds, so each knew the previous global model and added the momentum term
+    log = (out / "simulate.log").read_text()
+    assert "server momentum: this site did not receive" not in log
     matrix = history["cross_site"]
     assert json.loads((out / "cross_site.json").read_text()) == matrix
     sites = ["site-a", "site-b"]

@@ -9,6 +9,7 @@ from consortium.algorithms import (
     CONTROL_PREFIX,
     FedProx,
     Scaffold,
+    ServerMomentum,
     proximal_term,
     split_controls,
     with_controls,
@@ -127,3 +128,39 @@ def test_zero_controls_cover_trainable_parameters_only():
     controls = zero_controls(model)
     assert set(controls) == {n for n, p in model.named_parameters()}
     assert all(not v.any() for v in controls.values())
+
+
+def test_server_momentum_at_the_sites_equals_textbook_fedavgm():
+    """Sites adding beta * (w_t - w_{t-1}) to what they send, averaged by the ordinary weighted mean, give
+    FedAvgM's m_t = beta * m_{t-1} + avg_i(w_i - w_t), w_{t+1} = w_t + m_t (Hsu et al. 2019), every round."""
+    rng = np.random.default_rng(0)
+    beta, weights = 0.6, [3.0, 1.0, 2.0]
+    w = {"conv": rng.normal(size=(2, 3)), "bias": rng.normal(size=4)}
+    reference, velocity = {k: v.copy() for k, v in w.items()}, {k: np.zeros_like(v) for k, v in w.items()}
+    sites = [ServerMomentum(beta) for _ in weights]
+    for t in range(5):
+        local = [{k: v + rng.normal(size=v.shape) for k, v in w.items()} for _ in weights]  # local training
+        assert all(site.receive(t, w) for site in sites)
+        w = weighted_mean([site.outgoing(m) for site, m in zip(sites, local, strict=True)], weights)
+        fedavg = weighted_mean(local, weights)
+        for k in reference:
+            velocity[k] = beta * velocity[k] + (fedavg[k] - reference[k])
+            reference[k] = reference[k] + velocity[k]
+            np.testing.assert_allclose(w[k], reference[k], rtol=0, atol=1e-6)  # float32 aggregation
+    assert not np.allclose(w["conv"], fedavg["conv"])  # the momentum did change the model
+
+
+def test_server_momentum_without_the_previous_model_sends_the_local_model_and_says_so():
+    site = ServerMomentum(0.5)
+    local = {"w": np.array([2.0], dtype=np.float32)}
+    assert site.receive(3, {"w": np.array([1.0])}) is False  # joined at round 3: no w_2 here
+    sent = site.outgoing(local)
+    assert sent["w"].dtype == np.float32 and sent["w"][0] == 2.0
+    assert site.receive(4, {"w": np.array([1.5])}) is True
+    assert site.outgoing(local)["w"][0] == pytest.approx(2.0 + 0.5 * (1.5 - 1.0))
+
+
+@pytest.mark.parametrize("beta", [-0.1, 1.0, float("nan")])
+def test_server_momentum_refuses_beta_outside_zero_one(beta):
+    with pytest.raises(ValueError, match="server_momentum must be in"):
+        ServerMomentum(beta)

@@ -46,6 +46,11 @@ def test_variant_states_only_differences(tmp_path):
         ("algorithm: fedprox\nprox_mu: -1\n", "'prox_mu': must be >= 0"),
         ("weighting: size\n", "'weighting'"),
         ("finetune_epochs: -1\n", "'finetune_epochs'"),
+        ("server_momentum: 1.0\n", "'server_momentum': must be >= 0 and < 1"),
+        (
+            "server_momentum: 0.5\ndp_update: {clip_norm: 1.0, delta: 1.0e-5, noise_multiplier: 1.0}\n",
+            "'server_momentum': must be 0 with dp_update",
+        ),
     ],
 )
 def test_bad_job_refused(tmp_path, body, message):

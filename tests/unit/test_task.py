@@ -44,3 +44,32 @@ def test_dice_counts_empty_slices():
     logits[0, 0, :2, :] = 10.0  # predicts 8 px, 4 true: Dice 2*4/(8+4) = 2/3; slice 2 empty/empty: 1
     loader = [{"image": torch.zeros(2, 1, 4, 4), "label": label}]
     assert abs(task.evaluate(_Const(logits), loader) - (2 / 3 + 1) / 2) < 1e-6
+
+
+def test_test_loader_covers_both_splits_without_augmentation(tiny_sites):
+    task = get_task("seg2d")
+    cfg = tiny_sites["site-a"]
+    train, val, report = task.make_loaders(cfg, batch_size=4)
+    test = task.make_test_loader(cfg, batch_size=4)
+    assert len(test.dataset) == report.usable["train"] + report.usable["val"] == len(train.dataset) + len(val.dataset)
+    first = torch.cat([b["image"] for b in test])
+    second = torch.cat([b["image"] for b in test])
+    assert torch.equal(first, second)  # no random transforms: a held-out cohort scores the same every time
+
+
+def test_baselines_score_extra_test_loaders(tiny_sites):
+    from dataclasses import replace
+
+    from consortium.baselines import run_baselines
+    from consortium.jobs import load_job_spec
+    from tests.conftest import REPO
+
+    spec = replace(load_job_spec("fedavg", REPO / "jobs"), rounds=1, local_epochs=1)
+    task = get_task("seg2d")
+    # the validation splits passed as "test" data must score exactly as the validation scores do
+    tests = {name: task.make_loaders(cfg, batch_size=8)[1] for name, cfg in tiny_sites.items()}
+    out = run_baselines(spec, tiny_sites, kind="pooled", log=lambda *_: None, test_loaders=tests)
+    result = out["results"]["pooled"]
+    assert set(result["test_scores"]) == set(tiny_sites)
+    for name in tiny_sites:
+        assert abs(result["test_scores"][name] - result["scores"][name]) < 1e-9

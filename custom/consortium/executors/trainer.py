@@ -18,7 +18,7 @@ from nvflare.app_common.app_constant import AlgorithmConstants, AppConstants
 from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 
 from consortium import constants as C
-from consortium.algorithms import WEIGHTINGS, FedProx, Scaffold, split_controls, with_controls
+from consortium.algorithms import WEIGHTINGS, FedProx, Scaffold, ServerMomentum, split_controls, with_controls
 from consortium.config import load_site_config
 from consortium.privacy.budget import BudgetRefused, check_job, check_noise, check_round
 from consortium.privacy.dpsgd import DPSGDSettings, SiteDPSGD
@@ -67,6 +67,7 @@ class SiteTrainer(Executor):
         weighting: str = "steps",
         local_steps: int | None = None,
         dp_sgd: dict | None = None,
+        server_momentum: float = 0.0,
     ):
         # No defaults: every experiment setting is written into the exported job, none comes from the site.
         super().__init__()
@@ -91,6 +92,8 @@ class SiteTrainer(Executor):
         self.algorithm, self.finetune_epochs, self.weighting = algorithm, finetune_epochs, weighting
         self.local_steps = local_steps
         self._scaffold = Scaffold() if algorithm == "scaffold" else None
+        self.server_momentum = float(server_momentum)
+        self._momentum = ServerMomentum(self.server_momentum) if self.server_momentum > 0 else None
         # DP-SGD request of the job (target_epsilon or noise_multiplier, delta, max_grad_norm); the site's own
         # privacy floor (site config `privacy:`) decides whether it is good enough
         self.dp_sgd = dict(dp_sgd) if dp_sgd else None
@@ -151,6 +154,12 @@ class SiteTrainer(Executor):
         weights, controls = split_controls(incoming.params)
         dp = self._dp_round(incoming, fl_ctx)  # None without DP-SGD; refuses what the site's floor forbids
         load_numpy_state(self.model, weights)
+        if self._momentum is not None and not self._momentum.receive(incoming.current_round or 0, weights):
+            self.log_warning(
+                fl_ctx,
+                f"server momentum: this site did not receive round {(incoming.current_round or 0) - 1}'s global model; "
+                "it sends this round's model without the momentum term (the other sites' terms still apply)",
+            )
         received_dice = self.task.evaluate(self.model, self.val_loader, device=self.device)
         lr = round_lr(self.lr, incoming.current_round or 0, incoming.total_rounds or 1, self.lr_schedule)
         result = self.task.train(
@@ -187,7 +196,8 @@ class SiteTrainer(Executor):
             f"after local training {local_dice:.3f}; loss {result.loss:.3f}, "
             f"{result.steps} steps in {result.seconds:.1f} s{spent}",
         )
-        params = self.local_params
+        # what leaves: the local model (plus FedAvgM's term beta * (w_t - w_{t-1}) if the job has server momentum)
+        params = self._momentum.outgoing(self.local_params) if self._momentum is not None else self.local_params
         if self._scaffold is not None:  # c_i travels with the weights: averaged (and encrypted) like them
             params = with_controls(params, self._scaffold.end_round(self.model))
         out = FLModel(

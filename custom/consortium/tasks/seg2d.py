@@ -130,3 +130,15 @@ def make_loaders(cfg, *, batch_size: int = 8, seed: int = 0, num_workers: int = 
     )
     val_loader = DataLoader(val_ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     return train_loader, val_loader, report
+
+
+def make_test_loader(cfg, *, batch_size: int = 32):
+    """Every usable slice of a site's manifest (train and val splits alike), without augmentation: for a
+    held-out cohort that no model trained on, such as the benchmark's generated test patients."""
+    from monai.data import DataLoader, Dataset
+
+    from consortium.data.manifest import load_records
+
+    records, _ = load_records(cfg)
+    dataset = Dataset(records["train"] + records["val"], make_transforms(train=False))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False)
