@@ -2,7 +2,7 @@
 in the FLARE simulator against each site alone and pooled data, with the same task functions and settings.
 
 Usage: python bench/evaluation.py [--jobs fedavg fedprox scaffold] [--rounds N] [--seeds 0 1 ...]
-                                  [--test-patients 100] [--local first|all|none] [--runs runs/bench]
+                                  [--test-patients 100] [--local first|all|none] [--runs runs/bench] [--summary]
 Prints the score of every model on every site's validation split and on a held-out test cohort, the
 cross-site matrix of each job, and the issue's two targets: (1) the global model's mean within 0.02 of
 pooled training; (2) the global model beats every site's local-only model on the average of the *other*
@@ -13,7 +13,7 @@ lesion, and an empty slice scores 0 or 1), so one flipped slice moves the three-
 size of target (1). The test cohort is --test-patients new patients per hospital, generated from the same
 hospital profile with a seed no training data uses; no model ever trains on it. Training itself varies with
 the seed too, so --seeds repeats everything (jobs, baselines) per seed. Every seed's results are kept in
-RUNS/seed<N>/evaluation.json, and the end of a run prints the mean over all seeds recorded there with the
+RUNS/seed<N>/evaluation_<jobs>.json, and the end of a run prints the mean over all seeds recorded there with the
 same settings (so two processes with different --seeds and the same --runs add up).
 Generates the demo data first if it is missing. The baselines use the first job's settings.
 """
@@ -87,13 +87,15 @@ def run_seed(seed: int, args, spec, sites: dict, tests: dict | None, with_local:
         fed = {s: m["val_score"] for s, m in history["final"].items()}
         test = evaluate_file(task, runs / job / GLOBAL_MODEL_FILE, tests) if tests else None
         he = "HE" if job_spec.he else "plain"
-        rows.append({"label": f"{job_spec.algorithm} global ({job}, {he})", "val": fed, "test": test,
+        momentum = job_spec.server_momentum
+        algorithm = job_spec.algorithm + (f" + momentum {momentum:g}" if momentum else "")
+        rows.append({"label": f"{algorithm} global ({job}, {he})", "val": fed, "test": test,
                      "seconds": time.perf_counter() - start, "federated": True})  # fmt: skip
         if "cross_site" in history:
             matrices[job] = history["cross_site"]
         tuned = {s: m.get("personalized_score") for s, m in history["final"].items()}
         if all(v is not None for v in tuned.values()):  # fine-tuned models stay at their sites: val only
-            label = f"  + {job_spec.finetune_epochs} fine-tuning epochs at each site"
+            label = f"  + {job_spec.finetune_epochs} fine-tuning epochs at each site ({job})"
             rows.append({"label": label, "val": tuned, "test": None, "seconds": 0.0})
 
     quiet = lambda *_: None  # noqa: E731
@@ -111,7 +113,7 @@ def run_seed(seed: int, args, spec, sites: dict, tests: dict | None, with_local:
         "rows": rows,
         "matrices": matrices,
     }
-    (runs / "evaluation.json").write_text(json.dumps(record, indent=1))
+    record_file(runs, args.jobs).write_text(json.dumps(record, indent=1))
     return record
 
 
@@ -128,6 +130,12 @@ def cached_baselines(spec, sites: dict, kind: str, tests: dict | None, test_pati
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"key": key, "out": out}, indent=1))
     return out
+
+
+def record_file(folder: Path, jobs: list[str]) -> Path:
+    """Where a seed's results go: one file per set of jobs, so runs of other jobs in the same seed folder
+    (which share the cached baselines) do not overwrite each other."""
+    return folder / f"evaluation_{'+'.join(jobs)}.json"
 
 
 def settings_key(args, spec) -> dict:
@@ -200,25 +208,31 @@ def main() -> int:
         "--local", choices=["first", "all", "none"], default="first",
         help="train the local-only baselines for the first seed (default), every seed, or none",
     )  # fmt: skip
+    parser.add_argument(
+        "--summary", action="store_true",
+        help="train nothing: print the mean over the seeds already recorded in --runs for these jobs and settings",
+    )  # fmt: skip
     parser.add_argument("--runs", default=str(ROOT / "runs" / "bench"))
     parser.add_argument("--site-configs", default=str(ROOT / "site_configs"))
     args = parser.parse_args()
 
     cli = [sys.executable, "-m", "consortium.cli", "--site-configs", args.site_configs, "--jobs", str(ROOT / "jobs")]
-    subprocess.run(cli + ["data", "synth"], check=True, stdout=subprocess.DEVNULL)
+    if not args.summary:
+        subprocess.run(cli + ["data", "synth"], check=True, stdout=subprocess.DEVNULL)
     spec = load_job_spec(args.jobs[0], ROOT / "jobs")
     if args.rounds:
         spec = replace(spec, rounds=args.rounds)
     sites = load_site_configs(Path(args.site_configs))
     names = list(sites)
     metric = get_task(spec.task).METRIC_NAME
-    tests = test_cohorts(sites, args.test_patients, Path(args.runs) / "test_cohort") if args.test_patients else None
+    run_tests = args.test_patients and not args.summary
+    tests = test_cohorts(sites, args.test_patients, Path(args.runs) / "test_cohort") if run_tests else None
     settings = (
         f"Settings of {spec.name}: {spec.rounds} rounds x {spec.local_epochs} local epochs, lr {spec.lr} "
         f"({spec.lr_schedule}), batch {spec.batch_size}, weighting {spec.weighting}"
     )
 
-    for i, seed in enumerate(args.seeds):
+    for i, seed in enumerate([] if args.summary else args.seeds):
         with_local = args.local == "all" or (args.local == "first" and i == 0)
         record = run_seed(seed, args, spec, sites, tests, with_local)
         print(f"\n=== seed {seed}. {settings}")
@@ -238,11 +252,14 @@ def main() -> int:
 
     key = settings_key(args, spec)
     records = []
-    for path in sorted(Path(args.runs).glob("seed*/evaluation.json")):
+    for path in sorted(Path(args.runs).glob(f"seed*/{record_file(Path(), args.jobs).name}")):
         record = json.loads(path.read_text())
         if record.get("settings") == key:
             records.append(record)
-    if len(records) > 1:
+    if args.summary and not records:
+        print(f"no results recorded in {args.runs} for jobs {' '.join(args.jobs)} with these settings")
+        return 1
+    if len(records) > 1 or args.summary:
         seeds = ", ".join(str(r["seed"]) for r in records)
         print(f"\n=== mean over seeds {seeds} (all recorded in {args.runs} with these settings). {settings}")
         rows = average(records, names)
