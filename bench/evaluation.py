@@ -49,6 +49,11 @@ def mean(values) -> float:
     return sum(values) / len(values)
 
 
+def consortium_cli(args) -> list[str]:
+    """The `consortium` command with this bench's site configs and jobs."""
+    return [sys.executable, "-m", "consortium.cli", "--site-configs", args.site_configs, "--jobs", str(ROOT / "jobs")]
+
+
 def test_cohorts(sites: dict, patients: int, out: Path) -> dict:
     """{site: loader} over `patients` new patients per hospital (its generated profile, seed TEST_SEED)."""
     loaders = {}
@@ -75,7 +80,7 @@ def run_seed(seed: int, args, spec, sites: dict, tests: dict | None, with_local:
     task = get_task(spec.task)
     spec = replace(spec, seed=seed)
     runs = Path(args.runs) / f"seed{seed}"
-    cli = [sys.executable, "-m", "consortium.cli", "--site-configs", args.site_configs, "--jobs", str(ROOT / "jobs")]
+    cli = consortium_cli(args)
     rows, matrices = [], {}
     for job in args.jobs:
         job_spec = load_job_spec(job, ROOT / "jobs")
@@ -142,6 +147,11 @@ def settings_key(args, spec) -> dict:
     return {"jobs": list(args.jobs), "rounds": spec.rounds, "test_patients": args.test_patients}
 
 
+def shown_label(row: dict) -> str:
+    """A row's label, with the number of seeds behind it for averaged rows."""
+    return f"{row['label']} [n={row['n']}]" if "n" in row else row["label"]
+
+
 def print_table(title: str, rows: list[dict], key: str, names: list[str]) -> None:
     shown = [r for r in rows if r.get(key)]
     if not shown:
@@ -152,12 +162,11 @@ def print_table(title: str, rows: list[dict], key: str, names: list[str]) -> Non
         scores = row[key]
         secs = f"{row['seconds']:8.1f}" if row.get("seconds") else f"{'':8s}"
         line = " ".join(f"{scores[n]:11.3f}" for n in names)
-        print(f"{row['label']:48s} {line} {mean(scores[n] for n in names):7.3f} {secs}")
+        print(f"{shown_label(row):48s} {line} {mean(scores[n] for n in names):7.3f} {secs}")
 
 
 def print_targets(rows: list[dict], key: str, names: list[str], where: str) -> None:
-    plain = lambda row: row.get("label_plain", row["label"])  # noqa: E731
-    pooled = next((r[key] for r in rows if plain(r) == POOLED and r.get(key)), None)
+    pooled = next((r[key] for r in rows if r["label"] == POOLED and r.get(key)), None)
     if pooled is None:
         return
     print(f"targets on {where}")
@@ -168,11 +177,12 @@ def print_targets(rows: list[dict], key: str, names: list[str], where: str) -> N
         shared_mean = mean(row[key][n] for n in names)
         gap = pooled_mean - shared_mean
         verdict = "met" if gap <= 0.02 else "NOT met"
-        print(f"  (1) {row['label']}: mean {shared_mean:.3f} vs pooled {pooled_mean:.3f}: gap {gap:+.3f} ({verdict})")
+        label = shown_label(row)
+        print(f"  (1) {label}: mean {shared_mean:.3f} vs pooled {pooled_mean:.3f}: gap {gap:+.3f} ({verdict})")
         for local in rows:
             if not local.get("local") or not local.get(key):
                 continue
-            site = plain(local).removeprefix("local only: ")
+            site = local["label"].removeprefix("local only: ")
             others = [n for n in names if n != site]
             alone, shared = mean(local[key][n] for n in others), mean(row[key][n] for n in others)
             verdict = "met" if shared > alone else "NOT met"
@@ -189,11 +199,10 @@ def average(records: list[dict], names: list[str]) -> list[dict]:
     out = []
     for label, rows in by_label.items():
         merged = {k: v for k, v in rows[0].items() if k in ("federated", "local")}
-        merged["label"], merged["seconds"] = f"{label} [n={len(rows)}]", 0.0
+        merged.update(label=label, n=len(rows), seconds=0.0)
         for key in ("val", "test"):
             have = [r[key] for r in rows if r.get(key)]
             merged[key] = {n: mean(s[n] for s in have) for n in names} if have else None
-        merged["label_plain"] = label  # print_targets finds rows by their plain label
         out.append(merged)
     return out
 
@@ -216,9 +225,8 @@ def main() -> int:
     parser.add_argument("--site-configs", default=str(ROOT / "site_configs"))
     args = parser.parse_args()
 
-    cli = [sys.executable, "-m", "consortium.cli", "--site-configs", args.site_configs, "--jobs", str(ROOT / "jobs")]
     if not args.summary:
-        subprocess.run(cli + ["data", "synth"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(consortium_cli(args) + ["data", "synth"], check=True, stdout=subprocess.DEVNULL)
     spec = load_job_spec(args.jobs[0], ROOT / "jobs")
     if args.rounds:
         spec = replace(spec, rounds=args.rounds)

@@ -152,16 +152,17 @@ class SiteTrainer(Executor):
         task_start = time.perf_counter()
         incoming = FLModelUtils.from_shareable(shareable)
         weights, controls = split_controls(incoming.params)
+        round_number = incoming.current_round or 0
         dp = self._dp_round(incoming, fl_ctx)  # None without DP-SGD; refuses what the site's floor forbids
         load_numpy_state(self.model, weights)
-        if self._momentum is not None and not self._momentum.receive(incoming.current_round or 0, weights):
+        if self._momentum is not None and not self._momentum.receive(round_number, weights):
             self.log_warning(
                 fl_ctx,
-                f"server momentum: this site did not receive round {(incoming.current_round or 0) - 1}'s global model; "
+                f"server momentum: this site did not receive round {round_number - 1}'s global model; "
                 "it sends this round's model without the momentum term (the other sites' terms still apply)",
             )
         received_dice = self.task.evaluate(self.model, self.val_loader, device=self.device)
-        lr = round_lr(self.lr, incoming.current_round or 0, incoming.total_rounds or 1, self.lr_schedule)
+        lr = round_lr(self.lr, round_number, incoming.total_rounds or 1, self.lr_schedule)
         result = self.task.train(
             dp.module if dp else self.model,  # DP: Opacus's per-sample-gradient wrapper around self.model
             dp.loader if dp else self.train_loader,  # DP: Poisson-sampled batches

@@ -135,10 +135,11 @@ def make_loaders(cfg, *, batch_size: int = 8, seed: int = 0, num_workers: int = 
 def make_test_loader(cfg, *, batch_size: int = 32):
     """Every usable slice of a site's manifest (train and val splits alike), without augmentation: for a
     held-out cohort that no model trained on, such as the benchmark's generated test patients."""
-    from monai.data import DataLoader, Dataset
+    from monai.data import CacheDataset, DataLoader
 
     from consortium.data.manifest import load_records
 
     records, _ = load_records(cfg)
-    dataset = Dataset(records["train"] + records["val"], make_transforms(train=False))
+    # cached: every model of a benchmark is scored on it, and its transforms are all deterministic
+    dataset = CacheDataset(records["train"] + records["val"], make_transforms(train=False), progress=False)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False)
