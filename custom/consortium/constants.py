@@ -11,6 +11,7 @@ METRIC_TRAIN_LOSS = "train_loss"
 METRIC_SCORE = "val_score"  # score of the model a site *received*
 METRIC_LOCAL_SCORE = "local_score"  # the same score of the site's locally trained model
 METRIC_PERSONAL_SCORE = "personalized_score"  # the global model after fine-tuning at the site
+METRIC_STEPS = "steps"  # optimizer steps of local training this round
 METRIC_NUM_TRAIN = "num_train"
 METRIC_NUM_VAL = "num_val"
 METRIC_SECONDS = "train_seconds"  # local training only

@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from consortium.tasks import get_task
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
@@ -41,7 +42,10 @@ def test_fedavg_simulation_improves_dice(small_sites, tmp_path):
     history = json.loads((out / "metrics.json").read_text())
     assert [r["round"] for r in history["rounds"]] == [0, 1]
     first = history["rounds"][0]["sites"]
-    assert set(first) == {"site-a", "site-b"} and all(m["steps"] > 0 for m in first.values())
+    assert set(first) == {"site-a", "site-b"}
+    task = get_task("seg2d")
+    for name, m in first.items():  # 3 passes over the site's training batches; uniform aggregation weights
+        assert m["steps"] == 3 * len(task.make_loaders(small_sites[name], batch_size=8)[0]) and m["weight"] == 1
     initial = {s: m["val_score"] for s, m in first.items()}  # what the initial global model scored
     final = {s: m["val_score"] for s, m in history["final"].items()}
     assert set(final) == set(initial)
@@ -50,9 +54,7 @@ def test_fedavg_simulation_improves_dice(small_sites, tmp_path):
     assert mean(final) > mean(initial) + 0.1, (initial, final)
 
     state = torch.load(out / "global_model.pt")
-    from consortium.tasks import get_task
-
-    get_task("seg2d").build_model().load_state_dict(state)  # the saved global model loads into the task's model
+    task.build_model().load_state_dict(state)  # the saved global model loads into the task's model
 
 
 def test_he_job_matches_plaintext_fedavg(small_sites, tmp_path):

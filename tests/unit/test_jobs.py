@@ -74,3 +74,6 @@ def test_algorithm_variants_reach_the_exported_job(tmp_path):
     scaffold = export_job(load_job_spec("scaffold", REPO / "jobs"), tmp_path)
     client = json.loads((scaffold / "app/config/config_fed_client.json").read_text())
     assert client["executors"][0]["executor"]["args"]["algorithm"] == "scaffold"
+    steps = export_job(load_job_spec("fedavg_steps", REPO / "jobs"), tmp_path)
+    client = json.loads((steps / "app/config/config_fed_client.json").read_text())
+    assert client["executors"][0]["executor"]["args"]["local_steps"] == 12

@@ -73,3 +73,23 @@ def test_baselines_score_extra_test_loaders(tiny_sites):
     assert set(result["test_scores"]) == set(tiny_sites)
     for name in tiny_sites:
         assert abs(result["test_scores"][name] - result["scores"][name]) < 1e-9
+
+
+def test_local_steps_budget_is_the_same_at_every_site(tiny_sites):
+    """With `local_steps` every site takes exactly that many steps per round, cycling its data if it is smaller
+    (fedavg_steps); the pooled baseline takes all sites' steps together, the same compute as a federated round."""
+    from dataclasses import replace
+
+    from consortium.baselines import run_baselines
+    from consortium.jobs import load_job_spec
+    from tests.conftest import REPO
+
+    spec = load_job_spec("fedavg_steps", REPO / "jobs")
+    assert spec.local_steps is not None and spec.algorithm == "fedavg" and spec.he
+    batches = {name: len(get_task("seg2d").make_loaders(cfg, batch_size=2)[0]) for name, cfg in tiny_sites.items()}
+    steps = max(batches.values()) + 1  # more than one pass at every site: the data must be cycled
+    spec = replace(spec, rounds=2, local_steps=steps, batch_size=2, finetune_epochs=0)
+    local = run_baselines(spec, tiny_sites, kind="local", log=lambda *_: None)["results"]
+    assert {name: r["steps"] for name, r in local.items()} == {name: 2 * steps for name in tiny_sites}
+    pooled = run_baselines(spec, tiny_sites, kind="pooled", log=lambda *_: None)["results"]["pooled"]
+    assert pooled["steps"] == 2 * steps * len(tiny_sites)

@@ -183,6 +183,7 @@ class SiteTrainer(Executor):
             C.METRIC_SCORE: received_dice,
             C.METRIC_LOCAL_SCORE: local_dice,
             C.METRIC_TRAIN_LOSS: result.loss,
+            C.METRIC_STEPS: result.steps,
             C.METRIC_SECONDS: result.seconds,
             C.METRIC_TASK_SECONDS: time.perf_counter() - task_start,
             C.METRIC_NUM_TRAIN: len(self.train_loader.dataset),

@@ -131,7 +131,7 @@ class ConsortiumFedAvg(FedAvg):
     def _aggregate_one_result(self, result: FLModel) -> bool:
         site = (result.meta or {}).get("client_name", "?")
         entry = dict(result.metrics or {})
-        entry["steps"] = (result.meta or {}).get("NUM_STEPS_CURRENT_ROUND")
+        entry["weight"] = (result.meta or {}).get("NUM_STEPS_CURRENT_ROUND")  # its aggregation weight (job `weighting`)
         self._round_sites[site] = entry
         return super()._aggregate_one_result(result)
 
