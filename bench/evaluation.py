@@ -236,7 +236,7 @@ def main() -> int:
     run_tests = args.test_patients and not args.summary
     tests = test_cohorts(sites, args.test_patients, Path(args.runs) / "test_cohort") if run_tests else None
     settings = (
-        f"Settings of {spec.name}: {spec.rounds} rounds x {spec.local_epochs} local epochs, lr {spec.lr} "
+        f"Settings of {spec.name}: {spec.rounds} rounds x {spec.round_budget}, lr {spec.lr} "
         f"({spec.lr_schedule}), batch {spec.batch_size}, weighting {spec.weighting}"
     )
 

@@ -57,7 +57,7 @@ def main() -> int:
     pooled_res = pooled["results"]["pooled"]
     rows.append(("pooled data (reference)", pooled_res["scores"], pooled_res["seconds"]))
 
-    print(f"\njob {spec.name}: {spec.rounds} rounds x {spec.local_epochs} local epochs, lr {spec.lr}")
+    print(f"\njob {spec.name}: {spec.rounds} rounds x {spec.round_budget}, lr {spec.lr}")
     print(f"{'model':38s} " + " ".join(f"{n:>11s}" for n in names) + f" {'mean':>7s} {'seconds':>8s}")
     for label, dice, seconds in rows:
         mean = sum(dice[n] for n in names) / len(names)

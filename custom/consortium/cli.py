@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -128,9 +129,7 @@ def cmd_simulate(args) -> int:
     workspace = out / "workspace"
     shutil.rmtree(workspace, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    print(
-        f"simulating job '{spec.name}': {spec.rounds} rounds x {spec.local_epochs} local epochs at {', '.join(sites)}"
-    )
+    print(f"simulating job '{spec.name}': {spec.rounds} rounds x {spec.round_budget} at {', '.join(sites)}")
     start = time.perf_counter()
     worker = [
         sys.executable,
@@ -145,10 +144,12 @@ def cmd_simulate(args) -> int:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(out / "simulate.log", "w") as log_file:
         proc = subprocess.Popen(worker, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        signal.signal(signal.SIGTERM, _interrupt)  # a stop request: end the worker (and its simulator) too
         try:
             _echo_filtered(proc.stdout, log_file)
         except KeyboardInterrupt:
-            proc.terminate()
+            proc.terminate()  # the worker stops the simulator's processes (_stop_simulator_on_term)
+            proc.wait(timeout=30)
             raise
         code = proc.wait()
     seconds = time.perf_counter() - start
@@ -182,9 +183,38 @@ def cmd_he_decrypt(args) -> int:
     return 0
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _stop_simulator_on_term() -> None:
+    """FLARE's simulator runs its server and clients in process groups of their own, which a stop signal to
+    this worker (or to its process group) does not reach. On SIGTERM or SIGINT, stop those groups, then exit."""
+    import psutil
+
+    def stop(signum, frame):
+        own = os.getpgid(0)
+        groups = set()
+        for child in psutil.Process().children(recursive=True):
+            try:
+                groups.add(os.getpgid(child.pid))
+            except ProcessLookupError:
+                pass
+        for group in groups - {own}:
+            try:
+                os.killpg(group, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)  # Ctrl-C reaches the terminal's process group only, not the simulator's
+
+
 def cmd_simulate_worker(args) -> int:
     from consortium.jobs import JobSpec, simulate
 
+    _stop_simulator_on_term()
     spec = JobSpec(**json.loads(args.spec))
     result = simulate(
         spec,

@@ -43,6 +43,11 @@ class JobSpec:
     # Gaussian noise on each site's update: {clip_norm, delta, target_epsilon | noise_multiplier}
     dp_update: dict | None = None
 
+    @property
+    def round_budget(self) -> str:
+        """A site's training per round, in words: "12 local steps" or "2 local epochs"."""
+        return f"{self.local_steps} local steps" if self.local_steps else f"{self.local_epochs} local epochs"
+
     def validate(self, source: Path) -> "JobSpec":
         from consortium.algorithms import ALGORITHMS, WEIGHTINGS
         from consortium.tasks import LR_SCHEDULES, TASKS

@@ -85,3 +85,49 @@ def test_he_job_matches_plaintext_fedavg(small_sites, tmp_path):
     for model in he_matrix["models"]:
         for site in he_matrix["sites"]:
             assert he_matrix["scores"][model][site] == pytest.approx(plain_matrix["scores"][model][site], abs=0.02)
+
+
+def test_stopping_simulate_stops_the_simulator(small_sites, tmp_path):
+    """FLARE's simulator runs its server and clients in process groups of their own: a stop signal to the
+    `consortium simulate` process group must still leave no simulator process behind."""
+    import signal
+    import time
+
+    import psutil
+
+    site_configs = next(iter(small_sites.values())).source.parent
+    env = {**os.environ, "HOME": str(tmp_path / "home")}
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "consortium.cli", "--site-configs", str(site_configs), "--jobs", str(REPO / "jobs"),
+           "--runs", str(runs), "simulate", "fedavg", "--rounds", "200"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    workspace = str(runs / "fedavg" / "workspace")
+
+    def simulator_processes():
+        found = []
+        for p in psutil.process_iter(["cmdline"]):
+            cmdline = " ".join(p.info["cmdline"] or [])
+            if "nvflare" in cmdline and workspace in cmdline:
+                found.append(p)
+        return found
+
+    try:
+        deadline = time.time() + 300
+        while not simulator_processes() and time.time() < deadline and proc.poll() is None:
+            time.sleep(1)
+        assert simulator_processes(), "the simulator never started"
+        time.sleep(5)  # let its clients start as well
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+        deadline = time.time() + 30
+        while simulator_processes() and time.time() < deadline:
+            time.sleep(1)
+        assert simulator_processes() == []
+    finally:  # never leave processes behind, whatever failed: stop them by their process group
+        for p in simulator_processes():
+            try:
+                os.killpg(os.getpgid(p.pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -77,3 +77,5 @@ def test_algorithm_variants_reach_the_exported_job(tmp_path):
     steps = export_job(load_job_spec("fedavg_steps", REPO / "jobs"), tmp_path)
     client = json.loads((steps / "app/config/config_fed_client.json").read_text())
     assert client["executors"][0]["executor"]["args"]["local_steps"] == 12
+    assert load_job_spec("fedavg_steps", REPO / "jobs").round_budget == "12 local steps"
+    assert load_job_spec("fedavg", REPO / "jobs").round_budget == "2 local epochs"
