@@ -14,26 +14,17 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.integration
 
 
-def test_fedavg_simulation_improves_dice(small_sites, tmp_path):
+def simulate_cmd(small_sites, tmp_path, *args: str) -> tuple[list[str], dict]:
+    """`consortium simulate ARGS` on the fixture's sites with this repository's jobs, results under tmp_path/runs;
+    and its environment (nvflare writes ~/.nvflare, so HOME is the test's own)."""
     site_configs = next(iter(small_sites.values())).source.parent
-    env = {**os.environ, "HOME": str(tmp_path / "home")}  # nvflare writes ~/.nvflare
-    cmd = [
-        sys.executable,
-        "-m",
-        "consortium.cli",
-        "--site-configs",
-        str(site_configs),
-        "--jobs",
-        str(REPO / "jobs"),
-        "--runs",
-        str(tmp_path / "runs"),
-        "simulate",
-        "fedavg",
-        "--rounds",
-        "2",
-        "--local-epochs",
-        "3",
-    ]
+    cmd = [sys.executable, "-m", "consortium.cli", "--site-configs", str(site_configs), "--jobs", str(REPO / "jobs"),
+           "--runs", str(tmp_path / "runs"), "simulate", *args]  # fmt: skip
+    return cmd, {**os.environ, "HOME": str(tmp_path / "home")}
+
+
+def test_fedavg_simulation_improves_dice(small_sites, tmp_path):
+    cmd, env = simulate_cmd(small_sites, tmp_path, "fedavg", "--rounds", "2", "--local-epochs", "3")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "round 2/2: 2 sites reported" in proc.stdout
@@ -61,11 +52,8 @@ def test_he_job_matches_plaintext_fedavg(small_sites, tmp_path):
     """One round of the (HE) fedavg job in the simulator gives the plaintext FedAvg global model within CKKS precision,
     while the server's checkpoint is ciphertext."""
 
-    site_configs = next(iter(small_sites.values())).source.parent
-    env = {**os.environ, "HOME": str(tmp_path / "home")}
-    base = [sys.executable, "-m", "consortium.cli", "--site-configs", str(site_configs), "--jobs", str(REPO / "jobs")]
     for job in ("fedavg_plain", "fedavg"):
-        cmd = base + ["--runs", str(tmp_path / "runs"), "simulate", job, "--rounds", "1", "--local-epochs", "1"]
+        cmd, env = simulate_cmd(small_sites, tmp_path, job, "--rounds", "1", "--local-epochs", "1")
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "checkpoint is ciphertext" in proc.stdout
@@ -95,13 +83,9 @@ def test_stopping_simulate_stops_the_simulator(small_sites, tmp_path):
 
     import psutil
 
-    site_configs = next(iter(small_sites.values())).source.parent
-    env = {**os.environ, "HOME": str(tmp_path / "home")}
-    runs = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "consortium.cli", "--site-configs", str(site_configs), "--jobs", str(REPO / "jobs"),
-           "--runs", str(runs), "simulate", "fedavg", "--rounds", "200"]  # fmt: skip
+    cmd, env = simulate_cmd(small_sites, tmp_path, "fedavg", "--rounds", "200")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    workspace = str(runs / "fedavg" / "workspace")
+    workspace = str(tmp_path / "runs" / "fedavg" / "workspace")
 
     def simulator_processes():
         found = []

@@ -7,7 +7,7 @@ import os
 import time
 
 import torch
-from nvflare.apis.fl_constant import FLContextKey
+from nvflare.apis.fl_constant import FLContextKey, FLMetaKey
 from nvflare.apis.job_def import JobMetaKey
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.abstract.model import make_model_learnable
@@ -131,7 +131,7 @@ class ConsortiumFedAvg(FedAvg):
     def _aggregate_one_result(self, result: FLModel) -> bool:
         site = (result.meta or {}).get("client_name", "?")
         entry = dict(result.metrics or {})
-        entry["weight"] = (result.meta or {}).get("NUM_STEPS_CURRENT_ROUND")  # its aggregation weight (job `weighting`)
+        entry["weight"] = (result.meta or {}).get(FLMetaKey.NUM_STEPS_CURRENT_ROUND)  # aggregation weight (`weighting`)
         self._round_sites[site] = entry
         return super()._aggregate_one_result(result)
 
