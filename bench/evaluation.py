@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -61,11 +63,34 @@ def test_cohorts(sites: dict, patients: int, out: Path) -> dict:
         if cfg.synthetic is None:
             raise SystemExit(f"{name} has no 'synthetic' profile in {cfg.source}: no test cohort can be generated")
         test_cfg = replace(cfg, data=replace(cfg.data, dir=out / f"{patients}_patients" / name))
-        if not test_cfg.manifest_path.exists():  # the manifest is written last: its presence means complete
-            print(f"generating the test cohort of {name}: {patients} patients ...", flush=True)
-            generate_site(test_cfg, seed=TEST_SEED, patients=patients)
+        generate_cohort(test_cfg, patients)
         loaders[name] = seg2d.make_test_loader(test_cfg)
+        expected = patients * cfg.synthetic.slices_per_patient
+        if len(loaders[name].dataset) != expected:
+            raise SystemExit(
+                f"test cohort {test_cfg.data.dir}: {len(loaders[name].dataset)} usable slices, expected {expected}; "
+                "delete that folder and run the bench again to regenerate it"
+            )
     return loaders
+
+
+def generate_cohort(cfg, patients: int) -> None:
+    """Generate a test cohort into cfg.data.dir unless it is there. Bench processes for different seeds share
+    it, so each generates into a staging folder of its own and renames it into place: a process never reads
+    files that another one is still writing (that race once left the cohort's files half-written)."""
+    final = cfg.data.dir
+    if cfg.manifest_path.exists():
+        return
+    print(f"generating the test cohort of {cfg.name}: {patients} patients ...", flush=True)
+    staging = final.parent / f".{final.name}.staging-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    generate_site(replace(cfg, data=replace(cfg.data, dir=staging)), seed=TEST_SEED, patients=patients)
+    try:
+        staging.rename(final)
+    except OSError:  # the folder exists: another process finished first (same seed, identical files)
+        shutil.rmtree(staging)
+        if not cfg.manifest_path.exists():
+            raise SystemExit(f"{final} holds an incomplete test cohort (no {cfg.data.manifest}): delete it") from None
 
 
 def evaluate_file(task, path: Path, loaders: dict) -> dict:
