@@ -65,10 +65,10 @@ def test_cohorts(sites: dict, patients: int, out: Path) -> dict:
         test_cfg = replace(cfg, data=replace(cfg.data, dir=out / f"{patients}_patients" / name))
         generate_cohort(test_cfg, patients)
         loaders[name] = seg2d.make_test_loader(test_cfg)
-        expected = patients * cfg.synthetic.slices_per_patient
-        if len(loaders[name].dataset) != expected:
+        usable, expected = len(loaders[name].dataset), patients * cfg.synthetic.slices_per_patient
+        if usable != expected:
             raise SystemExit(
-                f"test cohort {test_cfg.data.dir}: {len(loaders[name].dataset)} usable slices, expected {expected}; "
+                f"test cohort {test_cfg.data.dir}: {usable} usable slices, expected {expected}; "
                 "delete that folder and run the bench again to regenerate it"
             )
     return loaders
@@ -81,6 +81,8 @@ def generate_cohort(cfg, patients: int) -> None:
     final = cfg.data.dir
     if cfg.manifest_path.exists():
         return
+    if final.exists():  # renamed into place whole, so a folder without manifest is a leftover of something else
+        raise SystemExit(f"{final} holds an incomplete test cohort (no {cfg.data.manifest}): delete it")
     print(f"generating the test cohort of {cfg.name}: {patients} patients ...", flush=True)
     staging = final.parent / f".{final.name}.staging-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -89,8 +91,6 @@ def generate_cohort(cfg, patients: int) -> None:
         staging.rename(final)
     except OSError:  # the folder exists: another process finished first (same seed, identical files)
         shutil.rmtree(staging)
-        if not cfg.manifest_path.exists():
-            raise SystemExit(f"{final} holds an incomplete test cohort (no {cfg.data.manifest}): delete it") from None
 
 
 def evaluate_file(task, path: Path, loaders: dict) -> dict:
