@@ -79,9 +79,9 @@ def generate_cohort(cfg, patients: int) -> None:
     it, so each generates into a staging folder of its own and renames it into place: a process never reads
     files that another one is still writing (that race once left the cohort's files half-written)."""
     final = cfg.data.dir
-    if cfg.manifest_path.exists():
-        return
-    if final.exists():  # renamed into place whole, so a folder without manifest is a leftover of something else
+    if final.exists():  # renamed into place whole: without manifest it is a leftover of something else
+        if cfg.manifest_path.exists():
+            return
         raise SystemExit(f"{final} holds an incomplete test cohort (no {cfg.data.manifest}): delete it")
     print(f"generating the test cohort of {cfg.name}: {patients} patients ...", flush=True)
     staging = final.parent / f".{final.name}.staging-{os.getpid()}"
