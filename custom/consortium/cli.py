@@ -362,6 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run", help="a run folder (runs/fedavg) or a job name under --runs")
     report.add_argument("--baselines", help="folder with local.json/pooled.json (default: RUN/../baselines)")
     report.set_defaults(fn=cmd_report)
+    # commands that live with their own module: each module's register(sub) adds its parsers
+    import importlib
+
+    for module in ("consortium.deploy.netlab", "consortium.deploy.distributed"):
+        importlib.import_module(module).register(sub)
     return p
 
 
