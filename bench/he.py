@@ -70,7 +70,7 @@ from nvflare.fuel.utils import fobs
 
 from consortium.aggregators.he import HESumAggregator
 from consortium.aggregators.weighted import weighted_mean
-from consortium.executors.trainer import state_to_numpy
+from consortium.tasks import state_to_numpy
 from consortium.filters.he import HEDecryptModel, HEEncryptUpdate
 from consortium.he.contexts import write_contexts
 from consortium.jobs import load_job_spec

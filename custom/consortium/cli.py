@@ -301,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(fn=cmd_simulate_worker)
 
     from consortium.deploy.commands import (
+        cmd_abort,
         cmd_demo,
         cmd_kit_verify,
         cmd_logs,
@@ -328,12 +329,24 @@ def build_parser() -> argparse.ArgumentParser:
     submit = sub.add_parser("submit", help="submit a job through the FLARE admin API and follow it")
     submit.add_argument("job")
     submit.add_argument("--rounds", type=int, help="override the job's rounds")
+    submit.add_argument("--round-timeout", type=int, help="override the job's round_timeout (seconds)")
+    submit.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        metavar="JOB_ID",
+        help="continue an interrupted job from its last complete round (default: the latest unfinished job of "
+        "this name), e.g. after a server restart",
+    )
     submit.add_argument("--no-wait", action="store_true", help="return after submitting")
     submit.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the job (default 1800)")
     submit.set_defaults(fn=cmd_submit)
-    sub.add_parser("status", help="server, registered sites, jobs, and the errors sites reported").set_defaults(
-        fn=cmd_status
-    )
+    status = sub.add_parser("status", help="server, registered sites, jobs, and the errors sites reported")
+    status.add_argument("--tail", type=int, default=20, help="last N site errors per job (default 20)")
+    status.set_defaults(fn=cmd_status)
+    abort = sub.add_parser("abort", help="abort a running job (admin API abort_job)")
+    abort.add_argument("job_id")
+    abort.set_defaults(fn=cmd_abort)
     logs = sub.add_parser("logs", help="a job's logs from the server and every site (admin API)")
     logs.add_argument("job_id", nargs="?", help="default: the latest job")
     logs.add_argument("--site", help="one site (or 'server'); default all")

@@ -24,7 +24,10 @@ METRIC_DP_UPDATE_EPSILON = "dp_update_epsilon"  # the Gaussian update filter's o
 
 # Meta keys of tasks and results.
 META_FINETUNE_EPOCHS = "finetune_epochs"  # final validation: fine-tune the global model this many epochs
-META_MODEL_KIND = "model_kind"  # submit_model: "local" (last round's local training) or "personalized"
+META_MODEL_KIND = "model_kind"
+# train: the job ids of one logical run, first to current (a resumed job continues its predecessors); sites
+# continue their privacy accounting from the ledger of the latest earlier job in the chain
+META_RUN_CHAIN = "run_chain"  # submit_model: "local" (last round's local training) or "personalized"
 
 # Shareable header carrying a site's error text to the server when a task fails there.
 HEADER_SITE_ERROR = "consortium_site_error"
@@ -41,5 +44,7 @@ GLOBAL_MODEL_FILE = "global_model.pt"
 CROSS_SITE_FILE = "cross_site.json"  # the cross-site matrix: every model on every site's validation data
 # Written by each site into its own run directory: its fine-tuned model, which never has to leave it.
 PERSONAL_MODEL_FILE = "personalized_model.pt"
+PRIVACY_LEDGER_FOLDER = "consortium_privacy"  # <site workspace>/consortium_privacy/<job id>.json: DP steps spent
 METRICS_FILE = "metrics.json"
+CHECKPOINT_FILE = "checkpoint.pt"  # the server's last complete round (model, ciphertext under HE): resume point
 ENCRYPTED_MODEL_FILE = "global_model.encrypted.pt"  # HE jobs: the server's ciphertext checkpoint

@@ -38,6 +38,8 @@ class JobSpec:
     weighting: str = "steps"  # a site's aggregation weight: its local steps (FedAvg), or "uniform"
     server_momentum: float = 0.0  # FedAvgM's beta, applied at the sites (algorithms.ServerMomentum); 0: none
     cross_site: bool = True  # end with FLARE's cross-site evaluation: every model on every site's data
+    # seconds a round (and each evaluation task) waits for a site before going on without it
+    round_timeout: int = 600
     # DP-SGD at every site: {target_epsilon (whole job, per site) | noise_multiplier, delta, max_grad_norm}
     dp_sgd: dict | None = None
     # Gaussian noise on each site's update: {clip_norm, delta, target_epsilon | noise_multiplier}
@@ -70,6 +72,7 @@ class JobSpec:
             ),
             (self.finetune_epochs >= 0, "finetune_epochs", "must be >= 0"),
             (self.weighting in WEIGHTINGS, "weighting", f"must be one of {', '.join(WEIGHTINGS)}"),
+            (self.round_timeout >= 1, "round_timeout", "must be >= 1 (seconds a round waits for a site)"),
             (0 <= self.server_momentum < 1, "server_momentum", "must be >= 0 and < 1 (0: plain FedAvg; try 0.5)"),
         ]
         for ok, field, problem in checks:
@@ -190,10 +193,11 @@ def _coerce(kind: str, value):
     return value
 
 
-def build_job(spec: JobSpec, *, stream_logs: bool = True):
+def build_job(spec: JobSpec, *, stream_logs: bool = True, resume_from: str = ""):
     """The FLARE job for `spec`; components are class paths of the installed `consortium` package.
 
-    `stream_logs=False` leaves out the site-log streamer: the simulator has no receiver for it."""
+    `stream_logs=False` leaves out the site-log streamer: the simulator has no receiver for it.
+    `resume_from`: the id of a job of the same settings whose last complete round this job continues from."""
     from nvflare.app_common.logging.job_log_streamer import JobLogStreamer
     from nvflare.job_config.api import FedJob
     from nvflare.job_config.defs import FilterType
@@ -202,7 +206,8 @@ def build_job(spec: JobSpec, *, stream_logs: bool = True):
     from consortium.aggregators.weighted import WeightedAverage
     from consortium.executors.trainer import SiteTrainer
     from consortium.filters.he import HEDecryptModel, HEEncryptUpdate
-    from consortium.workflows.fedavg import ConsortiumCrossSiteEval, ConsortiumFedAvg
+    from consortium.workflows.cross_site import ConsortiumCrossSiteEval
+    from consortium.workflows.fedavg import ConsortiumFedAvg
 
     job = FedJob(name=spec.name, min_clients=spec.min_clients)
     job.set_app_packages(["consortium"])  # sites run the reviewed, installed package: ship no custom code
@@ -215,6 +220,8 @@ def build_job(spec: JobSpec, *, stream_logs: bool = True):
         algorithm=spec.algorithm,
         fedprox_mu=spec.prox_mu if spec.algorithm == "fedprox" and spec.prox_mu > 0 else None,
         finetune_epochs=spec.finetune_epochs,
+        round_timeout=spec.round_timeout,
+        resume_from=resume_from,
         run_info={
             "job": spec.name,
             "he": spec.he,
@@ -227,7 +234,7 @@ def build_job(spec: JobSpec, *, stream_logs: bool = True):
     )
     job.to_server(controller)
     if spec.cross_site:  # FLARE's cross-site evaluation runs after training, on the saved global model
-        job.to_server(ConsortiumCrossSiteEval(task_check_period=TASK_CHECK_PERIOD))
+        job.to_server(ConsortiumCrossSiteEval(task_check_period=TASK_CHECK_PERIOD, timeout=spec.round_timeout))
     if spec.dp_update:  # noise on the update before it is encrypted: this result filter precedes HEEncryptUpdate
         from consortium.filters.dp import GaussianUpdateFilter
 
@@ -273,10 +280,10 @@ def build_job(spec: JobSpec, *, stream_logs: bool = True):
     return job
 
 
-def export_job(spec: JobSpec, out_dir: str | Path) -> Path:
+def export_job(spec: JobSpec, out_dir: str | Path, *, resume_from: str = "") -> Path:
     """Write the submit-ready FLARE job folder (meta.json + app configs) to `out_dir/<name>`."""
     out_dir = Path(out_dir)
-    build_job(spec).export_job(str(out_dir))
+    build_job(spec, resume_from=resume_from).export_job(str(out_dir))
     return out_dir / spec.name
 
 

@@ -29,13 +29,11 @@ he: {{poly_modulus_degree: 8192, coeff_mod_bit_sizes: [60, 40, 40], scale_bits: 
     return path
 
 
-@pytest.fixture
-def cli(tiny_sites, tmp_path):
-    """Run `consortium ...` against the tiny sites with a temp workspace, runs folder and HOME."""
-    site_configs = next(iter(tiny_sites.values())).source.parent
+def cli_runner(site_configs: Path, tmp_path: Path):
+    """`run(*args)`: `consortium ...` against `site_configs` with a temp workspace, runs folder and HOME."""
     consortium = write_consortium(tmp_path / "consortium.yaml")
     home = tmp_path / "home"
-    home.mkdir()
+    home.mkdir(exist_ok=True)
     env = {**os.environ, "HOME": str(home), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     base = [sys.executable, "-m", "consortium.cli", "--site-configs", str(site_configs), "--jobs", str(REPO / "jobs")]
     base += ["--consortium", str(consortium), "--workspace", str(tmp_path / "ws"), "--runs", str(tmp_path / "runs")]
@@ -50,3 +48,9 @@ def cli(tiny_sites, tmp_path):
 
     run.env, run.tmp = env, tmp_path
     return run
+
+
+@pytest.fixture
+def cli(tiny_sites, tmp_path):
+    """Run `consortium ...` against the tiny sites with a temp workspace, runs folder and HOME."""
+    return cli_runner(next(iter(tiny_sites.values())).source.parent, tmp_path)

@@ -31,14 +31,17 @@ class HESumAggregator(ModelAggregator):
         he = (model.params or {}).get(PAYLOAD_KEY)
         if he is None:
             raise ValueError(f"{site} sent unencrypted weights; every site must run the job's HE filters")
+        check_payload(he, site)
         if self._layout is not None and he["layout"] != self._layout:
             raise ValueError(f"{site} sent a model with a different layer layout than the other sites")
         self._layout = he["layout"]
         self._exposed_dtypes = he.get("exposed_dtypes", {})
-        self._chunks = add_encrypted(self._server_context(), self._chunks, he["chunks"])
-        for name, value in model.params.items():
-            if name != PAYLOAD_KEY:
-                self._plain[name] = self._plain.get(name, 0.0) + np.asarray(value, dtype=np.float64)
+        plain = {n: np.asarray(v, dtype=np.float64) for n, v in model.params.items() if n != PAYLOAD_KEY}
+        if any(not np.all(np.isfinite(v)) for v in plain.values()):
+            raise ValueError(f"{site} sent exposed (unencrypted) layers with NaN or Inf")
+        self._chunks = add_encrypted(self._server_context(), self._chunks, he["chunks"])  # all or nothing
+        for name, value in plain.items():
+            self._plain[name] = self._plain.get(name, 0.0) + value
         self._weight += float(he["weight"])
 
     def aggregate_model(self) -> FLModel:
@@ -53,3 +56,14 @@ class HESumAggregator(ModelAggregator):
     def reset_stats(self) -> None:
         self._chunks, self._layout, self._plain, self._weight = None, None, {}, 0.0
         self._exposed_dtypes: dict = {}
+
+
+def check_payload(he, site: str) -> None:
+    """Refuse a malformed or truncated encrypted update with a reason, before it touches the sum."""
+    if not isinstance(he, dict) or not {"chunks", "layout", "weight"} <= set(he):
+        raise ValueError(f"{site} sent a malformed encrypted update (expected chunks, layout and weight)")
+    chunks, weight = he["chunks"], he["weight"]
+    if not isinstance(chunks, list) or not chunks or not all(isinstance(c, bytes) and c for c in chunks):
+        raise ValueError(f"{site} sent an encrypted update without ciphertexts, or with empty ones")
+    if not isinstance(weight, (int, float)) or not np.isfinite(weight) or weight <= 0:
+        raise ValueError(f"{site} sent an encrypted update with aggregation weight {weight!r}; it must be > 0")

@@ -24,8 +24,18 @@ class WeightedSum:
         if self.sums and set(params) != set(self.sums):
             diff = sorted(set(params) ^ set(self.sums))[:3]
             raise ValueError(f"model layers differ between sites (e.g. {diff}); all sites must run the same task")
+        terms = {}  # checked in full before anything is added: a refused update leaves the sum untouched
         for name, value in params.items():
-            term = np.asarray(value, dtype=np.float64) * weight
+            try:
+                array = np.asarray(value, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise ValueError(f"layer {name!r} is not numeric ({type(value).__name__})") from None
+            if name in self.sums and array.shape != self.sums[name].shape:
+                raise ValueError(f"layer {name!r} has shape {array.shape}, other sites sent {self.sums[name].shape}")
+            if not np.all(np.isfinite(array)):
+                raise ValueError(f"layer {name!r} contains NaN or Inf")
+            terms[name] = array * weight
+        for name, term in terms.items():
             self.sums[name] = self.sums[name] + term if name in self.sums else term
         self.total_weight += weight
         self.count += 1

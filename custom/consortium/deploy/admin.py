@@ -33,6 +33,11 @@ def session(admin: str, kit: Path, timeout: float = 30.0):
         sess.close()
 
 
+def running_jobs(info) -> list[str]:
+    """Ids of the jobs the server is running now (processes, not the job store's status)."""
+    return [str(j.job_id) for j in (getattr(info, "job_info", None) or [])]
+
+
 def clients(sess) -> list[str]:
     return sorted(c.name for c in sess.get_system_info().client_info)
 
@@ -65,7 +70,9 @@ def follow(sess, job_id: str, *, timeout: float, log=print, poll: float = 3.0) -
         if status.startswith(DONE_PREFIX):
             return status
         if time.time() > deadline:
-            raise AdminError(f"job {job_id} still {status} after {timeout:.0f} s; abort it with `consortium abort`")
+            raise AdminError(
+                f"job {job_id} still {status} after {timeout:.0f} s; abort it with `consortium abort {job_id}`"
+            )
         time.sleep(poll)
 
 

@@ -87,7 +87,17 @@ def cmd_poc_up(args) -> int:
 def cmd_poc_down(args) -> int:
     from consortium.deploy import poc
 
-    print("stopped" if poc.down(_paths(args)) else "no consortium was running from this workspace")
+    if poc.down(_paths(args)):
+        print("stopped; no process of the local consortium is left running and its ports are free")
+    else:
+        print("no consortium was running from this workspace")
+    return 0
+
+
+def cmd_abort(args) -> int:
+    with _session(args) as sess:
+        sess.abort_job(args.job_id)
+    print(f"asked the server to abort job {args.job_id}; `consortium status` shows its state")
     return 0
 
 
@@ -97,12 +107,16 @@ def cmd_submit(args) -> int:
     from consortium.jobs import export_job, load_job_spec
 
     spec = load_job_spec(args.job, args.jobs)
-    if args.rounds:
+    if args.rounds is not None:
         spec = replace(spec, rounds=args.rounds)
-    folder = export_job(spec, Path(args.workspace) / "jobs")
+    if args.round_timeout is not None:
+        spec = replace(spec, round_timeout=args.round_timeout)
+    spec.validate(Path(args.jobs) / args.job)  # overrides are checked like the job file
     with _session(args) as sess:
+        resume_from = resume_target(sess, spec.name, args.resume) if args.resume else ""
+        folder = export_job(spec, Path(args.workspace) / "jobs", resume_from=resume_from)
         job_id = sess.submit_job(str(folder.resolve()))
-        print(f"submitted job '{spec.name}' as {job_id}")
+        print(f"submitted job '{spec.name}' as {job_id}" + (f", continuing job {resume_from}" if resume_from else ""))
         if args.no_wait:
             return 0
         start = time.perf_counter()
@@ -131,22 +145,43 @@ def cmd_submit(args) -> int:
     return 0
 
 
+def resume_target(sess, name: str, wanted: str) -> str:
+    """The job `submit --resume` continues: the given id, or the latest job of this name that did not complete."""
+    from consortium.deploy.admin import AdminError
+
+    jobs = [j for j in sess.list_jobs() if j.get("job_name") == name]
+    if wanted != "latest":
+        if not any(j["job_id"] == wanted for j in jobs):
+            raise AdminError(f"--resume {wanted}: no job '{name}' with that id on the server (see `consortium status`)")
+        return wanted
+    unfinished = [j for j in jobs if j.get("status") != "FINISHED:COMPLETED"]
+    if not unfinished:
+        raise AdminError(f"--resume: no unfinished job '{name}' on the server; submit it without --resume")
+    return sorted(unfinished, key=lambda j: j.get("submit_time", ""))[-1]["job_id"]
+
+
 def cmd_status(args) -> int:
-    from consortium.deploy.admin import site_errors
+    from consortium.deploy.admin import running_jobs, site_errors
 
     with _session(args) as sess:
         info = sess.get_system_info()
-        running = info.server_info.status != "stopped"  # FLARE reports an idle server as 'stopped'
-        print(f"server: up, {'running a job' if running else 'idle'}")
+        running = running_jobs(info)
+        print(f"server: up, {'running job ' + ', '.join(running) if running else 'idle'}")
         print("sites:  " + ", ".join(sorted(c.name for c in info.client_info)))
         jobs = sess.list_jobs()
         for job in jobs:
-            print(f"job {job.get('job_id')}  {job.get('job_name', ''):12s} {job.get('status')}")
-        for job in jobs:
-            errors = site_errors(sess, job["job_id"])
+            status = job.get("status", "")
+            if status == "RUNNING" and job["job_id"] not in running:
+                status += " (stale: no server process runs it; the server was restarted? resume it with "
+                status += f"`consortium submit {job.get('job_name')} --resume`)"
+            print(f"job {job.get('job_id')}  {job.get('job_name', ''):12s} {status}")
+        # site errors of the running jobs and of the latest job only: one log read each, not one per job ever run
+        latest = sorted(jobs, key=lambda j: j.get("submit_time", ""))[-1:]
+        for job_id in dict.fromkeys(running + [j["job_id"] for j in latest]):
+            errors = site_errors(sess, job_id)
             if errors:
-                print(f"errors reported by sites in job {job['job_id']}:")
-                for line in errors:
+                print(f"errors reported by sites in job {job_id}:")
+                for line in errors[-args.tail :]:
                     print(f"  {line}")
     return 0
 

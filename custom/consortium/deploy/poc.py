@@ -134,21 +134,69 @@ def read_state(paths: PocPaths) -> dict | None:
     return json.loads(paths.state.read_text()) if paths.state.exists() else None
 
 
+def kit_processes(paths: PocPaths, under: Path | None = None) -> list:
+    """Live processes started from this workspace's POC kits (or from one folder `under` it), whatever their
+    process group: a server or site restarted by hand from its kit runs outside the group `poc up` started."""
+    import psutil
+
+    folder = str(Path(under or paths.poc).resolve())
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline", "cwd"]):
+        try:
+            words = list(proc.info["cmdline"] or []) + [proc.info["cwd"] or ""]
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if proc.pid != os.getpid() and any(w == folder or w.startswith(folder + os.sep) for w in words):
+            found.append(proc)
+    return found
+
+
+def stop_processes(procs: list, grace: float = 10.0) -> int:
+    """SIGTERM, then SIGKILL after `grace` s, the given processes (by PID); the number that were alive."""
+    import psutil
+
+    alive = [p for p in procs if p.is_running()]
+    for p in alive:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, rest = psutil.wait_procs(alive, timeout=grace)
+    for p in rest:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(rest, timeout=5)
+    return len(alive)
+
+
 def down(paths: PocPaths, *, log=print) -> bool:
-    """Stop the consortium started from `paths`: FLARE's `poc stop`, then our process group. True if one ran."""
+    """Stop the consortium started from `paths`: FLARE's `poc stop`, then our process group, then any process
+    still running from these kits. True if one ran; raises PocError if anything is left running."""
     state = read_state(paths)
-    if state is None:
+    leftovers = kit_processes(paths)
+    if state is None and not leftovers:
         return False
-    _nvflare(["poc", "stop"], paths, timeout=60, log_name="poc_stop.log")
-    pgid = state.get("pgid")
-    if pgid and group_alive(pgid):
-        kill_group(pgid)
-    for port in state.get("ports", []):
+    if state is not None:
+        _, code, stop_log = _nvflare(["poc", "stop"], paths, timeout=60, log_name="poc_stop.log")
+        if code != 0:
+            log(f"nvflare poc stop exited {code} (see {stop_log}); stopping the processes directly")
+        pgid = state.get("pgid")
+        if pgid and group_alive(pgid):
+            kill_group(pgid)
+    stray = stop_processes(kit_processes(paths))
+    if stray:
+        log(f"stopped {stray} process(es) started from these kits outside `poc up` (e.g. restarted by hand)")
+    left = kit_processes(paths)
+    if left:
+        raise PocError(f"still running after stopping: PIDs {', '.join(str(p.pid) for p in left)}")
+    for port in (state or {}).get("ports", []):
         deadline = time.time() + 15
         while not port_free(port) and time.time() < deadline:
             time.sleep(0.5)
         if not port_free(port):
-            log(f"warning: port {port} is still in use after stopping the consortium")
+            raise PocError(f"port {port} is still in use after stopping the consortium; check `ss -ltnp`")
     paths.state.unlink(missing_ok=True)
     return True
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import copy
+import math
 import os
 import time
 
-import numpy as np
 import torch
 from nvflare.apis.executor import Executor
 from nvflare.apis.fl_constant import FLContextKey, FLMetaKey, ReturnCode
@@ -20,9 +20,10 @@ from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 from consortium import constants as C
 from consortium.algorithms import WEIGHTINGS, FedProx, Scaffold, ServerMomentum, split_controls, with_controls
 from consortium.config import load_site_config
+from consortium.privacy import ledger
 from consortium.privacy.budget import BudgetRefused, check_job, check_noise, check_round
 from consortium.privacy.dpsgd import DPSGDSettings, SiteDPSGD
-from consortium.tasks import get_task, round_lr
+from consortium.tasks import get_task, load_numpy_state, round_lr, state_to_numpy
 
 
 def site_config_dir(fl_ctx: FLContext) -> str | None:
@@ -35,15 +36,18 @@ def site_config_dir(fl_ctx: FLContext) -> str | None:
     return None
 
 
-def state_to_numpy(model: torch.nn.Module) -> dict[str, np.ndarray]:
-    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
-
-
-def load_numpy_state(model: torch.nn.Module, params: dict) -> None:
-    model.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in params.items()}, strict=True)
-
-
 FINETUNE_LR_FACTOR = 0.1
+
+
+def check_finite(model: torch.nn.Module, loss: float) -> None:
+    """Refuse to send an update with NaN or Inf (a diverged local run): the round goes on without it."""
+    bad = [name for name, value in model.state_dict().items() if not bool(torch.isfinite(value).all())]
+    if bad or not math.isfinite(loss):
+        where = f"{len(bad)} layer(s), e.g. {bad[0]}" if bad else "the loss"
+        raise ValueError(
+            f"local training diverged: NaN or Inf in {where} (loss {loss}); the update was not sent. "
+            "Lower the job's lr, or check this site's data for NaN pixels"
+        )
 
 
 class SiteTrainer(Executor):
@@ -177,6 +181,9 @@ class SiteTrainer(Executor):
         )
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
+        if dp:  # on this site's disk before anything leaves it: a resumed job continues from here
+            ledger.save(self._workspace_root(fl_ctx), fl_ctx.get_job_id(), dp.accountant.history)
+        check_finite(self.model, result.loss)
         local_dice = self.task.evaluate(self.model, self.val_loader, device=self.device)
         self.local_params = state_to_numpy(self.model)
         metrics = {
@@ -227,6 +234,12 @@ class SiteTrainer(Executor):
             dp = SiteDPSGD(
                 self._dp_settings, model=self.model, train_loader=self.train_loader, batch_size=self.batch_size
             )
+            prior = ledger.load_prior(self._workspace_root(fl_ctx), list(incoming.meta.get(C.META_RUN_CHAIN) or []))
+            if prior:  # a resumed job: what this site spent in the jobs it continues still counts
+                dp.accountant.history = list(prior[1])
+                self.log_info(
+                    fl_ctx, f"{site}: continuing DP-SGD accounting of job {prior[0]} ({dp.accountant.steps} steps)"
+                )
             sigma = dp.plan(rounds=incoming.total_rounds or 1, local_epochs=self.local_epochs)
             check_noise(floor, sigma, site=site, source=source)
             self._dp = dp
@@ -246,6 +259,10 @@ class SiteTrainer(Executor):
             source=source,
         )
         return self._dp
+
+    @staticmethod
+    def _workspace_root(fl_ctx: FLContext) -> str:
+        return fl_ctx.get_engine().get_workspace().get_root_dir()
 
     def _dp_report(self) -> dict:
         """DP-SGD accounting so far at this site in this job (empty without DP-SGD)."""

@@ -98,7 +98,10 @@ def add_encrypted(context, total: list | None, chunks: list[bytes]) -> list:
     """Add one site's serialized ciphertexts to a running list of CKKS vectors (no decryption)."""
     import tenseal as ts
 
-    vectors = [ts.ckks_vector_from(context, c) for c in chunks]
+    try:
+        vectors = [ts.ckks_vector_from(context, c) for c in chunks]
+    except Exception as exc:  # truncated or corrupted ciphertext bytes
+        raise ValueError(f"ciphertext cannot be read ({type(exc).__name__}: {exc}); truncated or corrupted") from None
     if total is None:
         return vectors
     if len(total) != len(vectors):

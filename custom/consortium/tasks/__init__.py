@@ -6,6 +6,8 @@ import importlib
 import math
 from types import ModuleType
 
+import numpy as np
+
 TASKS = {"seg2d": "consortium.tasks.seg2d", "heart": "consortium.tasks.heart"}
 REQUIRED = ("build_model", "make_loaders", "train", "evaluate")
 
@@ -35,3 +37,14 @@ def round_lr(base_lr: float, current_round: int, total_rounds: int, schedule: st
     if schedule == "constant" or total_rounds <= 1:
         return base_lr
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * current_round / total_rounds))
+
+
+def state_to_numpy(model) -> dict[str, np.ndarray]:
+    """A torch module's state as numpy arrays: the form weights travel in."""
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def load_numpy_state(model, params: dict) -> None:
+    import torch
+
+    model.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in params.items()}, strict=True)

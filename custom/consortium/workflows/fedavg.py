@@ -1,4 +1,5 @@
-"""Server workflow: FLARE's FedAvg plus the task's initial model, per-site metrics and a final validation."""
+"""Server workflow: FedAvg rounds that survive lost sites, with the task's initial model, per-site metrics,
+a checkpoint every round (for `consortium submit --resume`) and a final validation."""
 
 from __future__ import annotations
 
@@ -10,22 +11,23 @@ import torch
 from nvflare.apis.fl_constant import FLContextKey, FLMetaKey
 from nvflare.apis.job_def import JobMetaKey
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
-from nvflare.app_common.abstract.model import make_model_learnable
-from nvflare.app_common.abstract.model_persistor import ModelPersistor
-from nvflare.app_common.workflows.cross_site_eval import CrossSiteEval
+from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.workflows.fedavg import FedAvg
+from nvflare.fuel.utils.log_utils import center_message
 
 from consortium import constants as C
 from consortium.algorithms import split_controls, with_controls, zero_controls
-from consortium.executors.trainer import state_to_numpy
 from consortium.he.ckks import PAYLOAD_KEY
-from consortium.tasks import get_task
+from consortium.tasks import get_task, state_to_numpy
+from consortium.workflows import checkpoint
+from consortium.workflows.rounds import Attendance, RoundOutcome, too_few
 
 
 class ConsortiumFedAvg(FedAvg):
-    """FedAvg (ModelController) that builds the initial model from the task module, records what every
-    site reports each round in `metrics.json`, saves `global_model.pt`, and ends with a validation of the
-    final global model at every site."""
+    """FedAvg (ModelController) whose rounds end when every present site has answered or after
+    `round_timeout` seconds, whichever comes first. Sites that fail, time out or send an unusable update are
+    dropped from that round (reason recorded); the round aggregates the rest with their own weights, and the
+    job ends with a clear message only when fewer than the job's min_clients contributed."""
 
     def __init__(
         self,
@@ -36,22 +38,32 @@ class ConsortiumFedAvg(FedAvg):
         algorithm: str = "fedavg",
         finetune_epochs: int = 0,
         run_info: dict | None = None,
+        round_timeout: int = 600,
+        resume_from: str = "",
         **kwargs,
     ):
         kwargs.setdefault("persistor_id", "")
         kwargs.setdefault("save_filename", C.GLOBAL_MODEL_FILE)
+        kwargs.setdefault("ignore_result_error", True)  # one site's error never ends the round; min_clients does
         super().__init__(*args, **kwargs)
+        if round_timeout < 1:
+            raise ValueError(f"ConsortiumFedAvg: round_timeout must be >= 1 s, got {round_timeout}")
         self._task = task  # attribute names match the args so the job exporter finds them
         self.seed = seed
         self.final_validation = final_validation
         self.algorithm = algorithm
         self.finetune_epochs = finetune_epochs
         self.run_info = dict(run_info or {})  # job settings recorded with the results (job, he, ...)
+        self.round_timeout = int(round_timeout)
+        self.resume_from = resume_from
         meta = {**self.run_info, "task": task, "algorithm": algorithm, "rounds": self.num_rounds}
         meta["metric"] = getattr(get_task(task), "METRIC_NAME", "score")
+        meta["round_timeout"] = self.round_timeout
         self._history: dict = {"task": task, "num_rounds": self.num_rounds, "meta": meta, "rounds": [], "final": {}}
         self._round_sites: dict = {}
-        self._round_start = 0.0
+        self._attendance = Attendance()
+        self._outcome: RoundOutcome | None = None
+        self._round_task = None
         self._global: FLModel | None = None
 
     # -- model: the architecture lives once, in the task module -------------------------------------
@@ -71,173 +83,175 @@ class ConsortiumFedAvg(FedAvg):
             torch.save({k: torch.as_tensor(v) for k, v in weights.items()}, filepath)
 
     def sample_clients(self, num_clients=None):
-        """Every connected site trains every round (the job's min_clients gates the start), except sites that
-        refused to train for privacy reasons: they are dropped for the rest of the job."""
+        """Every connected site is offered every round, except sites that refused to train for privacy reasons
+        (dropped for the rest of the job). Sites absent since an earlier round are offered it but not awaited."""
         refused = self._history.get("refused", {})
-        sites = [s for s in super().sample_clients(None) if s not in refused]
-        if refused and len(sites) < self._min_clients():  # never broadcast an empty target list (= every site)
-            raise RuntimeError(self._too_few_sites(sites))
-        return sites
-
-    def _process_result(self, client_task, fl_ctx) -> None:
-        """Log a site's own error text on the server, where the admin API can read it, and record it.
-        A site's privacy refusal is not an error: the site is dropped and the round goes on without it."""
-        result = client_task.result
-        refusal = result.get_header(C.HEADER_SITE_REFUSED) if result is not None else None
-        if refusal:
-            self.fl_ctx = fl_ctx
-            client_task.result = None
-            self._drop_refusing_site(client_task.client.name, refusal)
-            return
-        message = result.get_header(C.HEADER_SITE_ERROR) if result is not None else None
-        if message:
-            site = client_task.client.name
-            self.error(f"{C.SITE_ERROR_MARKER} {site}: {message}")
-            self._history.setdefault("errors", {})[site] = message
-            self._write_history()
-        super()._process_result(client_task, fl_ctx)
+        return [c.name for c in self.engine.get_clients() if c.name not in refused]
 
     def _min_clients(self) -> int:
         meta = self.fl_ctx.get_prop(FLContextKey.JOB_META) or {}
         return int(meta.get(JobMetaKey.MIN_CLIENTS.value, 1) or 1)
 
-    def _too_few_sites(self, remaining: list[str]) -> str:
-        refused = ", ".join(sorted(self._history.get("refused", {})))
-        return (
-            f"job ends: after privacy refusals ({refused}) only {len(remaining)} site(s) can train "
-            f"({', '.join(remaining) or 'none'}), fewer than the job's min_clients {self._min_clients()}. "
-            "The refusing sites' reasons are above; the last global model is the one saved before this round."
+    # -- the rounds -------------------------------------------------------------------------------------
+    def run(self) -> None:
+        self.fl_ctx.set_prop(AppConstants.NUM_ROUNDS, self.num_rounds, private=True, sticky=False)
+        try:
+            model, start = self._initial_model()
+        except checkpoint.ResumeError as exc:
+            return self._end(str(exc))
+        model.total_rounds = self.num_rounds
+        for number in range(start, self.num_rounds):
+            self.current_round = number
+            self.info(center_message(message=f"Round {self.current_round} started.", boarder_str="-"))
+            model.current_round = self.current_round
+            model.meta[C.META_RUN_CHAIN] = self._history["meta"].get("run_chain", [])
+            self.fl_ctx.set_prop(AppConstants.CURRENT_ROUND, self.current_round, private=True, sticky=False)
+            targets = self.sample_clients()
+            outcome = RoundOutcome(self.current_round, targets)
+            if len(targets) < self._min_clients():
+                return self._end(too_few(outcome, self._min_clients()))
+            self._outcome, self._round_sites, round_start = outcome, {}, time.time()
+            self.aggregator.reset_stats()
+            self.send_model(task_name=self.task_name, targets=targets, data=model, callback=self._aggregate_one_result)
+            if not self._wait_for_round(outcome):
+                return  # aborted
+            self._close_round(outcome, time.time() - round_start)
+            reason = too_few(outcome, self._min_clients())
+            if reason:
+                return self._end(reason)
+            model = self.update_model(model, self._get_aggregated_result())
+            self._global = model
+            self.save_model(model)
+            checkpoint.save(self.get_run_dir(), params=model.params, round_number=self.current_round)
+            self._write_history()
+        if self.final_validation and self._global is not None and not self.abort_signal.triggered:
+            self._final_validation()
+
+    def _initial_model(self) -> tuple[FLModel, int]:
+        if not self.resume_from:
+            self._history["meta"]["run_chain"] = [self._job_id()]
+            return self.load_model(), 0
+        state = checkpoint.load(self.engine.get_workspace(), self.resume_from)
+        self._history = checkpoint.continued_history(state["history"], self._history, self._job_id())
+        start = state["round"] + 1
+        self.info(f"[progress] resuming job {self.resume_from} after its round {start}/{self.num_rounds}")
+        return FLModel(params=state["params"], params_type=ParamsType.FULL), start
+
+    def _job_id(self) -> str:
+        return self.fl_ctx.get_job_id()
+
+    def _prepare_task(self, *args, **kwargs):
+        task = super()._prepare_task(*args, **kwargs)
+        self._round_task = task  # the round's wait loop reads who took it and who answered
+        return task
+
+    def _wait_for_round(self, outcome: RoundOutcome) -> bool:
+        """Wait until every awaited site answered, or `round_timeout` passed; False if the job was aborted."""
+        task, deadline = self._round_task, time.time() + self.round_timeout
+        while self.get_num_standing_tasks():
+            if self.abort_signal.triggered:
+                self.info("Abort signal triggered. Finishing FedAvg.")
+                return False
+            picked = {ct.client.name for ct in task.client_tasks}
+            responded = {ct.client.name for ct in task.client_tasks if ct.result_received_time is not None}
+            waiting = self._attendance.awaited(outcome.targets, picked=picked, responded=responded)
+            for site in [s for s in waiting if self.get_client_disconnect_time(s) is not None]:
+                outcome.drop(site, "disconnected from the server")
+                waiting.remove(site)
+            if not waiting or time.time() > deadline:
+                for site in waiting:
+                    outcome.drop(site, f"no result within the round timeout ({self.round_timeout} s)")
+                with task.cb_lock:  # no result is being aggregated while the task closes
+                    self.cancel_task(task)
+                break
+            time.sleep(self._task_check_period)
+        while self.get_num_standing_tasks():  # the task monitor removes the closed task
+            time.sleep(self._task_check_period)
+        return True
+
+    def _close_round(self, outcome: RoundOutcome, seconds: float) -> None:
+        self._attendance.close(outcome, picked={ct.client.name for ct in self._round_task.client_tasks})
+        for site, reason in outcome.dropped.items():
+            if reason in self._history.get("errors", {}).get(site, "") or reason.startswith("refused: "):
+                continue  # the site's own error text was logged when it came
+            self.error(f"{C.SITE_ERROR_MARKER} {site}: round {outcome.number + 1}: dropped from this round: {reason}")
+        self._history["rounds"].append(
+            {"round": outcome.number, "seconds": seconds, "sites": self._round_sites, **outcome.record()}
+        )
+        self._history["present"] = self._attendance.present(self.sample_clients())
+        dice = ", ".join(
+            f"{s} {m[C.METRIC_SCORE]:.3f}" for s, m in sorted(self._round_sites.items()) if C.METRIC_SCORE in m
+        )
+        self.info(
+            f"[progress] round {outcome.number + 1}/{self.num_rounds}: {outcome.summary()}; "
+            f"{self._history['meta']['metric']} of the model they received: {dice or 'none'}"
         )
 
-    def _drop_refusing_site(self, site: str, reason: str) -> None:
-        """Record a site's refusal and stop sending it training; end the job if too few sites remain."""
-        self.error(f"{C.SITE_ERROR_MARKER} {site} refused to train (dropped from the remaining rounds): {reason}")
-        self._history.setdefault("refused", {})[site] = {"round": self.current_round, "reason": reason}
-        remaining = [c.name for c in self.engine.get_clients() if c.name not in self._history["refused"]]
-        if len(remaining) >= self._min_clients():
-            self.info(f"[progress] {site} dropped; training goes on with {', '.join(remaining)}")
-            self._write_history()
-            return
-        reason = self._too_few_sites(remaining)
+    def _end(self, reason: str) -> None:
+        """Fewer than min_clients sites: stop now, keep the last global model, say why."""
         self._history["stopped"] = reason
         self._write_history()
         self.info(f"[progress] {reason}")
         self.panic(reason)
-        # This callback keeps the round's task open: hold it until FedAvg's wait loop (every task_check_period)
-        # has seen the abort, so the round is not aggregated from fewer than min_clients sites.
-        time.sleep(5 * self._task_check_period + 0.5)
 
-    # -- recording ------------------------------------------------------------------------------------
+    # -- results ----------------------------------------------------------------------------------------
+    def _process_result(self, client_task, fl_ctx) -> None:
+        """Record a site's own error text or privacy refusal (the site is dropped from the round; a refusing
+        site also from the rest of the job), and log it where the admin API can read it."""
+        site, result = client_task.client.name, client_task.result
+        refusal = result.get_header(C.HEADER_SITE_REFUSED) if result is not None else None
+        message = result.get_header(C.HEADER_SITE_ERROR) if result is not None else None
+        if refusal:
+            self.error(f"{C.SITE_ERROR_MARKER} {site} refused to train (dropped from the remaining rounds): {refusal}")
+            self._history.setdefault("refused", {})[site] = {"round": self.current_round, "reason": refusal}
+        elif message:
+            self.error(f"{C.SITE_ERROR_MARKER} {site}: {message}")
+            self._history.setdefault("errors", {})[site] = message
+        if (refusal or message) and self._outcome is not None:
+            self._outcome.drop(site, f"refused: {refusal}" if refusal else message)
+        super()._process_result(client_task, fl_ctx)
+
+    def process_result_of_unknown_task(self, client, task_name, client_task_id, result, fl_ctx) -> None:
+        """A result that came after its round closed is not aggregated, but its site is awaited again."""
+        self.info(f"{client.name}: result of task '{task_name}' came after its round closed; not aggregated")
+        self._attendance.seen(client.name)
+
     def _aggregate_one_result(self, result: FLModel) -> bool:
         site = (result.meta or {}).get("client_name", "?")
+        try:
+            self.aggregator.accept_model(result)
+        except (ValueError, TypeError, KeyError) as exc:  # a malformed update: refused, never a crash
+            self._outcome.drop(site, f"update refused by the server: {exc}")
+            return False
         entry = dict(result.metrics or {})
         entry["weight"] = (result.meta or {}).get(FLMetaKey.NUM_STEPS_CURRENT_ROUND)  # aggregation weight (`weighting`)
         self._round_sites[site] = entry
-        return super()._aggregate_one_result(result)
+        self._outcome.contribute(site)
+        self._received_count += 1
+        return True
 
-    def update_model(self, model, aggr_result):
-        model = super().update_model(model, aggr_result)
-        self._global = model
-        sites = self._round_sites
-        self._round_sites = {}
-        dice = {s: m.get(C.METRIC_SCORE) for s, m in sites.items()}
-        seconds, self._round_start = time.time() - self._round_start, time.time()
-        self._history["rounds"].append({"round": self.current_round, "seconds": seconds, "sites": sites})
-        shown = ", ".join(f"{s} {d:.3f}" for s, d in sorted(dice.items()) if d is not None)
-        self.info(
-            f"[progress] round {self.current_round + 1}/{self.num_rounds}: {len(sites)} sites reported; "
-            f"{self._history['meta']['metric']} of the model they received: {shown}"
+    def _final_validation(self) -> None:
+        final = FLModel(params=self._global.params, params_type=ParamsType.FULL)
+        if self.finetune_epochs:  # each site also fine-tunes the final model on its own data and keeps it
+            final.meta[C.META_FINETUNE_EPOCHS] = self.finetune_epochs
+        present = self._history.get("present") or None
+        results = self.send_model_and_wait(
+            task_name=C.TASK_VALIDATE, data=final, targets=present, timeout=self.round_timeout
         )
+        for res in results:
+            self._history["final"][(res.meta or {}).get("client_name", "?")] = dict(res.metrics or {})
+        final_scores = self._history["final"]
+        metric = self._history["meta"]["metric"]
+        shown = ", ".join(f"{s} {m.get(C.METRIC_SCORE, float('nan')):.3f}" for s, m in final_scores.items())
+        self.info(f"[progress] final global model, validation {metric} per site: {shown}")
+        if self.finetune_epochs:
+            personal = {s: m.get(C.METRIC_PERSONAL_SCORE, float("nan")) for s, m in final_scores.items()}
+            shown = ", ".join(f"{s} {v:.3f}" for s, v in personal.items())
+            self.info(f"[progress] after {self.finetune_epochs} fine-tuning epoch(s) at each site: {shown}")
         self._write_history()
-        return model
-
-    def run(self) -> None:
-        self._round_start = time.time()
-        super().run()
-        if self.final_validation and self._global is not None and not self.abort_signal.triggered:
-            final = FLModel(params=self._global.params, params_type=ParamsType.FULL)
-            if self.finetune_epochs:  # each site also fine-tunes the final model on its own data and keeps it
-                final.meta[C.META_FINETUNE_EPOCHS] = self.finetune_epochs
-            results = self.send_model_and_wait(task_name=C.TASK_VALIDATE, data=final)
-            for res in results:
-                site = (res.meta or {}).get("client_name", "?")
-                self._history["final"][site] = dict(res.metrics or {})
-            metric = self._history["meta"]["metric"]
-            shown = ", ".join(
-                f"{s} {m.get(C.METRIC_SCORE, float('nan')):.3f}" for s, m in self._history["final"].items()
-            )
-            self.info(f"[progress] final global model, validation {metric} per site: {shown}")
-            if self.finetune_epochs:
-                shown = ", ".join(
-                    f"{s} {m.get(C.METRIC_PERSONAL_SCORE, float('nan')):.3f}" for s, m in self._history["final"].items()
-                )
-                self.info(f"[progress] after {self.finetune_epochs} fine-tuning epoch(s) at each site: {shown}")
-            self._write_history()
 
     def _write_history(self) -> None:
         path = os.path.join(self.get_run_dir(), C.METRICS_FILE)
-        with open(path, "w") as f:
+        with open(path + ".tmp", "w") as f:
             json.dump(self._history, f, indent=1, default=float)
-
-
-class GlobalModelFile(ModelPersistor):
-    """Read-only access to the global model the FedAvg workflow saved in the run directory (plaintext or,
-    with HE, ciphertext that only the sites can decrypt), for the cross-site evaluation that follows it."""
-
-    def load_model(self, fl_ctx):
-        return self.get_model(C.GLOBAL_MODEL_FILE, fl_ctx)
-
-    def save_model(self, model_learnable, fl_ctx):
-        raise RuntimeError("GlobalModelFile is read-only")
-
-    def get_model(self, model_file, fl_ctx):
-        run_dir = fl_ctx.get_engine().get_workspace().get_run_dir(fl_ctx.get_job_id())
-        path = os.path.join(run_dir, model_file)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: no global model; the training workflow must run before evaluation")
-        params = torch.load(path, weights_only=False, map_location="cpu")
-        if PAYLOAD_KEY not in params:
-            params = {k: v.numpy() for k, v in params.items()}
-        return make_model_learnable(params, {})
-
-
-class ConsortiumCrossSiteEval(CrossSiteEval):
-    """FLARE's cross-site evaluation after training: the global model and every site's own model (its last
-    local model, or its fine-tuned one) are evaluated on every site's validation data.
-
-    With HE the server forwards ciphertexts only; each site decrypts with its own key before evaluating.
-    The matrix goes to `cross_site.json` and into `metrics.json` under "cross_site"."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("server_models", [C.GLOBAL_MODEL_FILE])
-        super().__init__(*args, **kwargs)
-
-    def initialize(self, fl_ctx):
-        super().initialize(fl_ctx)
-        self.persistor = GlobalModelFile()
-
-    def save_results(self):
-        super().save_results()
-        global_name = C.GLOBAL_MODEL_FILE
-        scores: dict = {}
-        for data_site, by_model in self._json_val_results.items():
-            for owner, metrics in by_model.items():
-                model = "global" if owner == global_name else owner
-                scores.setdefault(model, {})[data_site] = (metrics or {}).get(C.METRIC_SCORE)
-        sites = sorted(self._json_val_results)
-        models = ["global"] + [s for s in sorted(scores) if s != "global"]
-        matrix = {"models": models, "sites": sites, "scores": {m: scores.get(m, {}) for m in models}}
-        run_dir = self.get_run_dir()
-        with open(os.path.join(run_dir, C.CROSS_SITE_FILE), "w") as f:
-            json.dump(matrix, f, indent=1)
-        path = os.path.join(run_dir, C.METRICS_FILE)
-        history = {}
-        if os.path.isfile(path):
-            with open(path) as f:
-                history = json.load(f)
-        history["cross_site"] = matrix
-        with open(path, "w") as f:
-            json.dump(history, f, indent=1, default=float)
-        for m in models:
-            shown = ", ".join(f"{s} {v:.3f}" for s, v in sorted(matrix["scores"][m].items()) if v is not None)
-            self.info(f"[progress] cross-site: {m} model on each site's data: {shown}")
+        os.replace(path + ".tmp", path)  # a reader (or a crash) never sees half a file

@@ -1,0 +1,34 @@
+"""A site's DP-SGD ledger on its own disk: the mechanisms it ran in a job, so a resumed job keeps counting."""
+
+from __future__ import annotations
+
+import json
+import os
+
+
+def _path(root: str, job_id: str) -> str:
+    from consortium import constants as C
+
+    return os.path.join(root, C.PRIVACY_LEDGER_FOLDER, f"{job_id}.json")
+
+
+def save(root: str, job_id: str, history: list) -> None:
+    """Write this job's accountant history [(noise multiplier, sample rate, steps), ...] atomically."""
+    path = _path(root, job_id)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump({"job": job_id, "history": [list(h) for h in history]}, f)
+    os.replace(path + ".tmp", path)
+
+
+def load_prior(root: str, chain: list[str]) -> tuple[str, list] | None:
+    """(job id, history) of the latest earlier job of this run that this site trained in, else None.
+
+    Each job's ledger already holds what the jobs before it spent, so the latest one is the total."""
+    for job_id in reversed(chain[:-1]):
+        path = _path(root, job_id)
+        if os.path.isfile(path):
+            with open(path) as f:
+                raw = json.load(f)
+            return job_id, [(float(s), float(q), int(n)) for s, q, n in raw["history"]]
+    return None

@@ -1,0 +1,59 @@
+"""The server's per-round checkpoint (global model, ciphertext under HE, and round) and resuming from it."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+from consortium import constants as C
+
+# settings a resumed job must share with the job it continues (else it is another experiment)
+SAME_SETTINGS = ("task", "algorithm", "rounds", "he", "local_epochs", "lr", "dp_sgd", "dp_update", "server_momentum")
+
+
+class ResumeError(RuntimeError):
+    """The job to resume has no usable checkpoint, or the new job's settings differ from it."""
+
+
+def save(run_dir: str, *, params: dict, round_number: int) -> None:
+    """Write the checkpoint atomically: a server killed while writing leaves the previous one intact."""
+    path = os.path.join(run_dir, C.CHECKPOINT_FILE)
+    torch.save({"round": round_number, "params": dict(params)}, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def load(workspace, job_id: str) -> dict:
+    """The last complete round of job `job_id` in this server's workspace: round, params and history."""
+    run_dir = workspace.get_run_dir(job_id)
+    path = os.path.join(run_dir, C.CHECKPOINT_FILE)
+    if not os.path.isfile(path):
+        raise ResumeError(
+            f"cannot resume job {job_id}: no checkpoint {path} on this server (the job completed no round, or its "
+            "workspace was removed); submit the job again without --resume"
+        )
+    state = torch.load(path, weights_only=False, map_location="cpu")
+    history_path = os.path.join(run_dir, C.METRICS_FILE)
+    with open(history_path) as f:
+        history = json.load(f)
+    history["rounds"] = [r for r in history.get("rounds", []) if r["round"] <= state["round"]]
+    return {"round": int(state["round"]), "params": state["params"], "history": history}
+
+
+def continued_history(old: dict, new: dict, job_id: str) -> dict:
+    """The resumed job's record: the old job's rounds, then its own; refuses different settings."""
+    old_meta, new_meta = old.get("meta", {}), new["meta"]
+    differ = [k for k in SAME_SETTINGS if old_meta.get(k) != new_meta.get(k)]
+    if differ:
+        shown = "; ".join(f"{k}: {old_meta.get(k)!r} before, {new_meta.get(k)!r} now" for k in differ)
+        raise ResumeError(f"cannot resume: the job's settings differ from the job it continues ({shown})")
+    chain = list(old_meta.get("run_chain") or [])
+    last = old["rounds"][-1]["round"] if old["rounds"] else -1
+    merged = {**new, "rounds": list(old["rounds"])}
+    merged["meta"] = {**new_meta, "run_chain": chain + [job_id]}
+    merged["resumed"] = list(old.get("resumed", [])) + [{"job": job_id, "from_job": chain[-1], "after_round": last + 1}]
+    for key in ("refused", "errors"):
+        if key in old:
+            merged[key] = old[key]
+    return merged
