@@ -70,10 +70,10 @@ from nvflare.fuel.utils import fobs
 
 from consortium.aggregators.he import HESumAggregator
 from consortium.aggregators.weighted import weighted_mean
-from consortium.tasks import state_to_numpy
 from consortium.filters.he import HEDecryptModel, HEEncryptUpdate
 from consortium.he.contexts import write_contexts
 from consortium.jobs import load_job_spec
+from consortium.tasks import state_to_numpy
 from consortium.tasks.seg2d import build_model
 
 ROOT = Path(__file__).resolve().parents[1]

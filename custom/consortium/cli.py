@@ -113,14 +113,17 @@ def cmd_simulate(args) -> int:
     from consortium.jobs import load_job_spec
 
     spec = load_job_spec(args.job, args.jobs)
-    if args.rounds:
+    if args.rounds is not None:
         spec = replace(spec, rounds=args.rounds)
-    if args.local_epochs:
+    if args.local_epochs is not None:
         spec = replace(spec, local_epochs=args.local_epochs)
     if args.seed is not None:
         spec = replace(spec, seed=args.seed)
     if args.lr is not None:
         spec = replace(spec, lr=args.lr)
+    if args.round_timeout is not None:
+        spec = replace(spec, round_timeout=args.round_timeout)
+    spec.validate(Path(args.jobs) / args.job)  # overrides are checked like the job file
     sites = _sites(args)
     require_data_dirs(sites)
     if len(sites) < spec.min_clients:
@@ -144,12 +147,16 @@ def cmd_simulate(args) -> int:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(out / "simulate.log", "w") as log_file:
         proc = subprocess.Popen(worker, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        signal.signal(signal.SIGTERM, _interrupt)  # a stop request: end the worker (and its simulator) too
+        for sig in (signal.SIGTERM, signal.SIGHUP):  # a stop request or a closed terminal: end the worker too
+            signal.signal(sig, _interrupt)
         try:
             _echo_filtered(proc.stdout, log_file)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, BrokenPipeError) as exc:  # Ctrl-C, a signal, or `| head` closing the pipe
             proc.terminate()  # the worker stops the simulator's processes (_stop_simulator_on_term)
             proc.wait(timeout=30)
+            if isinstance(exc, BrokenPipeError):  # nobody reads our output any more: leave quietly
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                return 141
             raise
         code = proc.wait()
     seconds = time.perf_counter() - start
@@ -208,6 +215,7 @@ def _stop_simulator_on_term() -> None:
         os._exit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
     signal.signal(signal.SIGINT, stop)  # Ctrl-C reaches the terminal's process group only, not the simulator's
 
 
@@ -292,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--local-epochs", type=int, help="override the job's local epochs")
     sim.add_argument("--seed", type=int, help="override the job's seed (model initialisation, data order)")
     sim.add_argument("--lr", type=float, help="override the job's learning rate")
+    sim.add_argument("--round-timeout", type=int, help="override the job's round_timeout (seconds)")
     sim.add_argument("--sites", help="comma-separated subset of sites")
     sim.set_defaults(fn=cmd_simulate)
 

@@ -7,10 +7,8 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import yaml
-
 from consortium import constants as C
-from consortium.config import ConfigError
+from consortium.config import ConfigError, read_yaml_mapping
 
 JOB_FILE = "job.yaml"
 TASK_REQUEST_INTERVAL = 0.2  # seconds between an idle site's task requests
@@ -132,10 +130,7 @@ class JobSpec:
 def _read(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"job definition {path} not found")
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings")
-    return raw
+    return read_yaml_mapping(path)
 
 
 def available_jobs(jobs_dir: Path) -> list[str]:

@@ -27,7 +27,7 @@ def test_fedavg_simulation_improves_dice(small_sites, tmp_path):
     cmd, env = simulate_cmd(small_sites, tmp_path, "fedavg", "--rounds", "2", "--local-epochs", "3")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "round 2/2: 2 sites reported" in proc.stdout
+    assert "round 2/2: 2 of 2 sites contributed" in proc.stdout
 
     out = tmp_path / "runs" / "fedavg"
     history = json.loads((out / "metrics.json").read_text())

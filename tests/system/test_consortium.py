@@ -28,7 +28,7 @@ def test_poc_consortium_runs_a_job_through_the_admin_api(cli):
         assert (kit / "site-a/local/consortium/site-a.yaml").exists()
 
         sub = cli("submit", "fedavg", "--rounds", "2")
-        assert "[progress] round 2/2: 2 sites reported" in sub.stdout
+        assert "[progress] round 2/2: 2 of 2 sites contributed" in sub.stdout
         assert "FINISHED:COMPLETED" in sub.stdout
         out = cli.tmp / "runs" / "fedavg"
         history = json.loads((out / "metrics.json").read_text())

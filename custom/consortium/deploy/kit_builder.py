@@ -85,9 +85,10 @@ def _write_json(path: str, data: dict) -> None:
 class ConsortiumKitBuilder(Builder):
     """Writes site policies into every kit; must run after StaticFileBuilder and before SignatureBuilder."""
 
-    def __init__(self, site_configs: str, storage_root: str):
+    def __init__(self, site_configs: str, storage_root: str, heartbeat_timeout: int = 60):
         self.site_configs = site_configs
         self.storage_root = storage_root
+        self.heartbeat_timeout = heartbeat_timeout
 
     def build(self, project: Project, ctx: ProvisionContext):
         sites = load_site_configs(self.site_configs)
@@ -98,6 +99,10 @@ class ConsortiumKitBuilder(Builder):
         local = ctx.get_local_dir(server)
         resources = _resources(local)
         _server_storage(resources, self.storage_root)
+        # FLARE drops a silent site after this many seconds (its default 600): until then a finished job whose
+        # site was lost stays RUNNING, waiting for that site's outcome. Sites send a heartbeat every 10 s.
+        for server_cfg in resources.get("servers", []):
+            server_cfg["heart_beat_timeout"] = self.heartbeat_timeout
         _write_json(os.path.join(local, "resources.json"), resources)
         for client in project.get_clients():
             cfg = sites[client.name]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from consortium.config import ORG_RE, ROLES, ConfigError, SiteConfig
+from consortium.config import ORG_RE, ROLES, ConfigError, SiteConfig, read_yaml_mapping
 
 HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
 EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
@@ -39,6 +39,7 @@ class ConsortiumDef:
     admins: tuple[Admin, ...]
     he: dict | None
     source: Path
+    heartbeat_timeout: int = 60  # seconds of silence after which the server drops a site
 
 
 def _port(value, source, field) -> int:
@@ -52,7 +53,7 @@ def load_consortium(path: str | Path) -> ConsortiumDef:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"consortium definition {path} not found (expected provisioning/consortium.yaml)")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml_mapping(path)
     known = {"project", "description", "server", "admins", "he"}
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -88,7 +89,17 @@ def load_consortium(path: str | Path) -> ConsortiumDef:
         admins=tuple(admins),
         he=raw.get("he"),
         source=path,
+        heartbeat_timeout=_heartbeat(server.get("heartbeat_timeout", 60), path),
     )
+
+
+def _heartbeat(value, source) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 30 <= value <= 86400:
+        raise ConfigError(
+            f"{source}: field 'server.heartbeat_timeout': {value!r} must be whole seconds in 30-86400 "
+            "(sites send a heartbeat every 10 s)"
+        )
+    return value
 
 
 def project_dict(
@@ -114,6 +125,7 @@ def project_dict(
     if defn.he:
         builders.append({"path": "nvflare.lighter.impl.he.HEBuilder", "args": dict(defn.he)})
     kit = {"site_configs": str(Path(site_configs).resolve()), "storage_root": str(Path(storage_root).resolve())}
+    kit["heartbeat_timeout"] = defn.heartbeat_timeout
     builders.append({"path": "consortium.deploy.kit_builder.ConsortiumKitBuilder", "args": kit})
     builders.append({"path": "nvflare.lighter.impl.signature.SignatureBuilder"})  # signs what the others wrote
     return {
