@@ -15,12 +15,6 @@ from pathlib import Path
 
 from consortium import constants as C
 from consortium.config import ConfigError, load_site_configs, require_data_dirs
-from consortium.data.manifest import DataError
-from consortium.deploy.admin import AdminError
-from consortium.deploy.poc import PocError
-from consortium.deploy.provision import ProvisionError
-from consortium.he.contexts import HEContextError
-from consortium.he.release import release_plaintext
 
 DEFAULT_SITE_CONFIGS = "site_configs"
 DEFAULT_JOBS = "jobs"
@@ -64,7 +58,7 @@ def cmd_data_synth(args) -> int:
 
 
 def cmd_data_check(args) -> int:
-    from consortium.data.manifest import load_records
+    from consortium.data.manifest import DataError, load_records
 
     failed = 0
     for cfg in _sites(args).values():
@@ -168,6 +162,8 @@ def cmd_simulate(args) -> int:
     for name in (C.METRICS_FILE, C.GLOBAL_MODEL_FILE, C.CROSS_SITE_FILE):
         if (run_dir / name).exists():
             shutil.copy2(run_dir / name, out / name)
+    from consortium.he.release import release_plaintext
+
     release_plaintext(out, workspace / "startup" / "client_context.tenseal", "the simulated hospitals' key")
     history = json.loads(metrics.read_text())
     history["wall_seconds"] = seconds
@@ -392,11 +388,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _user_errors() -> tuple:
+    """Errors that are the user's to fix: printed as one line. Imported only when one happens, so that
+    `consortium` starts without loading torch and pandas."""
+    from consortium.data.manifest import DataError
+    from consortium.deploy.admin import AdminError
+    from consortium.deploy.poc import PocError
+    from consortium.deploy.provision import ProvisionError
+    from consortium.he.contexts import HEContextError
+
+    return ConfigError, DataError, PocError, AdminError, ProvisionError, HEContextError
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, DataError, PocError, AdminError, ProvisionError, HEContextError) as exc:
+    except Exception as exc:
+        if not isinstance(exc, _user_errors()):
+            raise
         print(f"ERROR {exc}", file=sys.stderr)
         return 2
 

@@ -206,7 +206,7 @@ def up(
     *,
     consortium_file: Path,
     site_configs: Path,
-    timeout: float = 180.0,
+    timeout: float = 300.0,
     log=print,
 ) -> dict:
     """Prepare kits from our definitions, start server + hospitals, wait until all are registered."""

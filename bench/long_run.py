@@ -1,0 +1,62 @@
+"""Table: memory of the server and of one hospital every 50 rounds of a long job on a real local consortium.
+
+    python bench/long_run.py [--rounds 300] [--every 50] [--job fedavg]
+
+Three generated hospitals (32 px), HE on by default. Memory is the resident set (RSS) summed over each kit's
+processes (the parent and the job process). Growth after warm-up (the first sample) is printed per column."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from faults import Consortium
+
+from consortium.deploy.poc import kit_processes
+
+
+def rss_mb(c: Consortium, kit: str) -> float:
+    total = 0
+    for proc in kit_processes(c.paths, c.kit(kit)):
+        try:
+            total += proc.memory_info().rss
+        except Exception:  # a process that just ended
+            pass
+    return total / 2**20
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=300)
+    p.add_argument("--every", type=int, default=50)
+    p.add_argument("--job", default="fedavg")
+    args = p.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        c = Consortium(Path(tmp))
+        c("poc", "up")
+        try:
+            out = c("submit", args.job, "--rounds", str(args.rounds), "--round-timeout", "60", "--no-wait")
+            job = out.stdout.split(" as ")[1].split()[0].rstrip(",")
+            start = time.time()
+            for n in range(args.every, args.rounds + 1, args.every):
+                history = c.history(job, n)
+                seconds = sum(r["seconds"] for r in history["rounds"][n - args.every : n]) / args.every
+                rows.append((n, time.time() - start, seconds, rss_mb(c, "localhost"), rss_mb(c, "site-a")))
+                print(f"round {n}: server {rows[-1][3]:.0f} MB, site-a {rows[-1][4]:.0f} MB", flush=True)
+            status = c.wait_done(job)
+        finally:
+            c("poc", "down", check=False)
+    print(f"\n{args.rounds} rounds of {args.job} (3 sites, 32 px generated), final status {status}")
+    print("| round | elapsed s | s per round (last block) | server RSS MB | site-a RSS MB |")
+    print("|---|---|---|---|---|")
+    for n, elapsed, per_round, server, site in rows:
+        print(f"| {n} | {elapsed:.0f} | {per_round:.2f} | {server:.0f} | {site:.0f} |")
+    first, last = rows[0], rows[-1]
+    print(f"growth after round {first[0]}: server {last[3] - first[3]:+.0f} MB, site-a {last[4] - first[4]:+.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
