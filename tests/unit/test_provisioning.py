@@ -46,6 +46,7 @@ def test_write_project_reports_changes(tmp_path):
         ("name: localhost", "name: bad_host!", "server.name"),
         ("project: hospital_consortium", "project: a b", "'project'"),
         ("he:", "colour: red\nhe:", "'colour'"),
+        ("heartbeat_timeout: 60", "heartbeat_timeout: 5", "server.heartbeat_timeout"),
     ],
 )
 def test_bad_consortium_definition_names_field(tmp_path, old, new, field):
@@ -74,3 +75,22 @@ def test_unknown_role_in_site_config_refused(tmp_path):
     folder = write_site_configs(tmp_path, {"site-a": TINY_A + "authorization:\n  submit_roles: [janitor]\n"})
     with pytest.raises(ConfigError, match="authorization.submit_roles"):
         load_site_configs(folder)
+
+
+def test_kits_drop_a_silent_site_after_the_heartbeat_timeout_and_admins_log_in_fast(tmp_path):
+    """Real `nvflare provision`: the server's resources (both files, `poc prepare` copies one over the other)
+    carry the consortium's heartbeat_timeout, and admin kits the short login challenge timeout."""
+    import json
+
+    from consortium.deploy.provision import run_provision
+
+    defn = load_consortium(REPO / "provisioning" / "consortium.yaml")
+    sites = load_site_configs(REPO / "site_configs")
+    project = project_dict(defn, sites, site_configs=REPO / "site_configs", storage_root=tmp_path / "storage")
+    write_project(project, tmp_path / "project.yml")
+    prod = run_provision(tmp_path / "project.yml", tmp_path / "ws")
+    for name in ("resources.json", "resources.json.default"):
+        resources = json.loads((prod / defn.server_name / "local" / name).read_text())
+        assert [s["heart_beat_timeout"] for s in resources["servers"]] == [defn.heartbeat_timeout] == [60]
+    admin = json.loads((prod / "admin@consortium.org" / "startup" / "fed_admin.json").read_text())
+    assert admin["admin"]["authenticate_msg_timeout"] == 1.0

@@ -77,6 +77,18 @@ def _server_storage(resources: dict, storage_root: str) -> None:
             comp["args"]["uri_root"] = os.path.join(storage_root, "jobs")
 
 
+def _fast_admin_login(path: str) -> None:
+    """FLARE's admin login sends its first identity challenge before the connection is up and waits 5 s for
+    it (authenticate_msg_timeout) before retrying; 1 s makes every admin API call and `status` about 2 s faster
+    (measured 5.3 -> 3.3 s per login). Admin kits are not signed, so this edit is allowed."""
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        config = json.load(f)
+    config.setdefault("admin", {})["authenticate_msg_timeout"] = 1.0
+    _write_json(path, config)
+
+
 def _write_json(path: str, data: dict) -> None:
     with open(path, "w") as f:
         json.dump(data, f, indent=2)
@@ -103,7 +115,10 @@ class ConsortiumKitBuilder(Builder):
         # site was lost stays RUNNING, waiting for that site's outcome. Sites send a heartbeat every 10 s.
         for server_cfg in resources.get("servers", []):
             server_cfg["heart_beat_timeout"] = self.heartbeat_timeout
-        _write_json(os.path.join(local, "resources.json"), resources)
+        for name in ("resources.json", "resources.json.default"):  # `poc prepare` rewrites the first from the second
+            _write_json(os.path.join(local, name), resources)
+        for admin in project.get_admins():
+            _fast_admin_login(os.path.join(ctx.get_kit_dir(admin), "fed_admin.json"))
         for client in project.get_clients():
             cfg = sites[client.name]
             local = ctx.get_local_dir(client)
