@@ -259,6 +259,29 @@ def metadata_rows(run: Run) -> list[list[str]]:
     return rows
 
 
+def availability_sections(history: dict) -> list:
+    """'Sites lost or dropped' (every round in which not every site contributed, with the reasons) and
+    'Interruptions' (resumes after a server restart, or an early end): empty when nothing went wrong."""
+    sections, rows = [], []
+    for r in history.get("rounds", []):
+        missing = [f"{s}: {why}" for s, why in sorted((r.get("dropped") or {}).items())]
+        missing += [f"{s}: absent since an earlier round, not awaited" for s in r.get("not_awaited") or []]
+        if missing:
+            rows.append([str(r["round"] + 1), ", ".join(r.get("contributed") or []) or "none", "; ".join(missing)])
+    if rows:
+        text = "Rounds in which not every site contributed; each was aggregated from the sites that did."
+        sections.append(_section("Sites lost or dropped", text, ["round", "contributed", "dropped (why)"], rows))
+    notes = [
+        f"job {e['job']} resumed job {e['from_job']} after its round {e['after_round']}"
+        for e in history.get("resumed", [])
+    ]
+    if history.get("stopped"):
+        notes.append(f"stopped early: {history['stopped']}")
+    if notes:
+        sections.append(_section("Interruptions", "; ".join(notes) + ". The rounds above form one continuous run."))
+    return sections
+
+
 def _message(entry) -> str:
     """A site error (text) or privacy refusal ({"round", "reason"}) as one line."""
     if isinstance(entry, dict):
@@ -409,6 +432,7 @@ def write_report(run: Run) -> dict[str, Path]:
     if problems:
         rows = [[s, _message(msg)] for s, msg in sorted(problems.items())]
         sections.append(_section("Site errors and refusals", "", ["site", "message"], rows))
+    sections += availability_sections(run.history)
     if run.notes:
         text = "; ".join(run.notes)
         sections.append(_section("Notes", text))

@@ -132,3 +132,22 @@ def test_cli_takes_a_job_name_under_runs(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "fedavg" / "report" / "report.html").is_file()
+
+
+def test_lost_sites_and_a_resume_are_reported_and_a_clean_run_has_no_such_section():
+    from consortium.report import availability_sections
+
+    assert availability_sections({"rounds": [{"round": 0, "contributed": SITES, "dropped": {}}]}) == []
+    history = {
+        "rounds": [
+            {"round": 0, "contributed": SITES, "dropped": {}, "not_awaited": []},
+            {"round": 1, "contributed": ["hospital-a"], "dropped": {"hospital-b": "no result within 60 s"}},
+            {"round": 2, "contributed": ["hospital-a"], "dropped": {}, "not_awaited": ["hospital-b"]},
+        ],
+        "resumed": [{"job": "j2", "from_job": "j1", "after_round": 2}],
+    }
+    (lost, lost_md, _), (interruptions, text, _) = availability_sections(history)
+    assert lost == "Sites lost or dropped" and interruptions == "Interruptions"
+    assert "| 2 | hospital-a | hospital-b: no result within 60 s |" in lost_md
+    assert "| 3 | hospital-a | hospital-b: absent since an earlier round, not awaited |" in lost_md
+    assert "job j2 resumed job j1 after its round 2" in text
