@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 PYTHON ?= python3
 
-.PHONY: setup demo simulate test test-all lint clean
+.PHONY: setup demo simulate test test-slow test-all lint clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,10 @@ simulate: setup
 
 test: setup
 	$(PY) -m pytest -m 'not slow' -q
+
+# The long system tests (faults on a real consortium, separate hosts on poor links, ...); CI runs them after `make test`.
+test-slow: setup
+	$(PY) -m pytest -m slow -q
 
 test-all: setup
 	$(PY) -m pytest -q

@@ -118,6 +118,8 @@ def test_privacy_ledger_continues_from_the_latest_job_this_site_trained_in(tmp_p
     ledger.save(root, "j2", [(1.1, 0.25, 10)])
     assert ledger.load_prior(root, ["j1", "j2", "j3"]) == ("j2", [(1.1, 0.25, 10)])
     assert ledger.load_prior(root, ["j3"]) is None  # a new run never reads another run's ledger
+    ledger.save(root, "j3", [(1.1, 0.25, 14)])  # this site trained in j3, was restarted and rejoined j3
+    assert ledger.load_prior(root, ["j1", "j2", "j3"]) == ("j3", [(1.1, 0.25, 14)])
 
 
 def test_resume_keeps_the_rounds_and_refuses_other_settings():

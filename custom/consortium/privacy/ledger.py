@@ -22,10 +22,10 @@ def save(root: str, job_id: str, history: list) -> None:
 
 
 def load_prior(root: str, chain: list[str]) -> tuple[str, list] | None:
-    """(job id, history) of the latest earlier job of this run that this site trained in, else None.
-
-    Each job's ledger already holds what the jobs before it spent, so the latest one is the total."""
-    for job_id in reversed(chain[:-1]):
+    """(job id, history) of the latest job of this run that this site trained in, else None: the current job
+    itself if an earlier process of this site trained in it (the site was restarted and rejoined), else the
+    latest of the jobs it continues. Each ledger already holds what the jobs before it spent."""
+    for job_id in reversed(chain):
         path = _path(root, job_id)
         if os.path.isfile(path):
             with open(path) as f:
