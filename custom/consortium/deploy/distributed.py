@@ -1,5 +1,157 @@
 """Distributed provisioning: each hospital makes its own key and request; the consortium signs; the site packages."""
 
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import yaml
+
+from consortium.deploy.provision import ConsortiumDef, ProvisionError
+
+ADMIN_ROLE = {"project_admin": "lead"}  # roles `nvflare cert request` accepts: org_admin, lead, member
+STATIC = {"path": "nvflare.lighter.impl.static_file.StaticFileBuilder", "args": {"config_folder": "config"}}
+
+
+def nvflare(*args: str) -> dict:
+    """Run an `nvflare` command with JSON output; its `data`, or a ProvisionError with FLARE's message and hint."""
+    cmd = [sys.executable, "-m", "nvflare.cli", "--format", "json", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    reply = json.loads(lines[-1]) if lines else {}
+    if proc.returncode != 0 or reply.get("status") != "ok":
+        why = " ".join(str(reply.get(k)) for k in ("message", "hint", "detail") if reply.get(k))
+        raise ProvisionError(f"nvflare {' '.join(args[:2])} failed: {why or (proc.stdout + proc.stderr)[-1500:]}")
+    return reply["data"]
+
+
+def project_profile(defn: ConsortiumDef) -> dict:
+    """FLARE's project profile: what `cert approve` writes into every signed zip (server endpoint, security)."""
+    server = {"host": defn.server_name, "fed_learn_port": defn.fed_learn_port, "admin_port": defn.admin_port}
+    return {"name": defn.project, "scheme": "grpc", "connection_security": "mtls", "server": server}
+
+
+def request(project: str, participant: dict, out: Path) -> dict:
+    """`nvflare cert request` for one participant: key, CSR and request zip in `out` (the key never leaves it)."""
+    out.mkdir(parents=True, exist_ok=True)
+    definition = out.parent / f"{participant['name']}.participant.yaml"
+    definition.write_text(yaml.safe_dump({"name": project, "participants": [participant], "builders": [STATIC]}))
+    data = nvflare("cert", "request", "-p", str(definition), "--out", str(out))
+    data["public_key_sha256"] = json.loads((out / "request.json").read_text())["public_key_sha256"]
+    return data
+
+
+def request_name(request_zip: Path) -> str:
+    try:
+        with zipfile.ZipFile(request_zip) as zf:
+            return json.loads(zf.read("request.json"))["name"]
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        raise ProvisionError(f"{request_zip}: not a request zip from `consortium site request`") from None
+
+
+def approve(request_zip: Path, consortium_dir: Path) -> dict:
+    """Sign a request with the consortium CA; the signed zip goes to signed/, the (public) certificate to certs/."""
+    name = request_name(request_zip)
+    signed = consortium_dir / "signed" / f"{name}.signed.zip"
+    signed.parent.mkdir(parents=True, exist_ok=True)
+    ca, profile = consortium_dir / "ca", consortium_dir / "project_profile.yaml"
+    data = nvflare("cert", "approve", str(request_zip), "-c", str(ca), "--profile", str(profile), "--out", str(signed))
+    if data.get("kind") == "site":  # a hospital's certificate is public: the HE key holder seals to it
+        certs = consortium_dir / "certs"
+        certs.mkdir(exist_ok=True)
+        with zipfile.ZipFile(signed) as zf:
+            (certs / f"{name}.crt").write_bytes(zf.read(f"{name}.crt"))
+        data["certificate"] = str(certs / f"{name}.crt")
+    return data
+
+
+def package(signed_zip: Path, request_dir: Path, *, fingerprint: str, workspace: Path, force: bool = False) -> Path:
+    """`nvflare package`: the kit from the signed zip and the local private key; checks the root CA fingerprint."""
+    if not fingerprint:
+        raise ProvisionError("--fingerprint is empty: ask the consortium admin for the root CA fingerprint")
+    args = ["package", str(signed_zip), "--request-dir", str(request_dir), "--fingerprint", fingerprint]
+    data = nvflare(*args, "-w", str(workspace), *(["--force"] if force else []))
+    return Path(data["output_dir"])
+
+
+def find_kit(folder: Path, name: str) -> Path:
+    """The newest kit of participant `name` that `nvflare package` built under `folder`/kits."""
+    kits = sorted((folder / "kits").glob(f"*/prod_*/{name}"), key=lambda p: p.parent.name)
+    if not kits:
+        raise ProvisionError(
+            f"no kit of {name!r} under {folder / 'kits'}: build it first (see docs/distributed_provisioning.md)"
+        )
+    return kits[-1]
+
+
+def write_site_policies(kit: Path, cfg) -> None:
+    """The hospital's own policies into its kit's local/, with the central kit builder's functions."""
+    from consortium import constants as C
+    from consortium.config import site_config_dict
+    from consortium.deploy.kit_builder import _resources, _write_json, authorization_policy, privacy_policy
+
+    local = str(kit / "local")
+    _write_json(os.path.join(local, "resources.json"), _resources(local))
+    _write_json(os.path.join(local, "authorization.json"), authorization_policy(cfg))
+    _write_json(os.path.join(local, "privacy.json"), privacy_policy(cfg))
+    folder = kit / "local" / C.KIT_SITE_CONFIG_FOLDER
+    folder.mkdir(exist_ok=True)
+    text = f"# {cfg.name}'s resolved site config, from {cfg.source.name} when it built this kit.\n"
+    (folder / f"{cfg.name}.yaml").write_text(text + yaml.safe_dump(site_config_dict(cfg), sort_keys=False))
+
+
+def write_server_policies(kit: Path, storage_root: Path) -> None:
+    """The server kit's allow-list admitting `consortium.`, its job storage inside the consortium folder, and
+    FLARE's default server authorization plus `get_job_log` for a lead's own jobs: the distributed flow issues
+    no project_admin, and the consortium's lead admin follows its jobs through the server's log."""
+    from consortium.deploy.kit_builder import _resources, _server_storage, _write_json
+
+    local = str(kit / "local")
+    resources = _resources(local)
+    _server_storage(resources, str(storage_root))
+    _write_json(os.path.join(local, "resources.json"), resources)
+    policy = json.loads((kit / "local" / "authorization.json.default").read_text())
+    policy["permissions"]["lead"]["get_job_log"] = "n:submitter"
+    _write_json(os.path.join(local, "authorization.json"), policy)
+
+
+def init(defn: ConsortiumDef, consortium_dir: Path) -> dict:
+    """CA, server kit and the consortium's own admin kits in `consortium_dir`; returns the kits and fingerprint."""
+    if (consortium_dir / "ca" / "rootCA.key").exists():
+        raise ProvisionError(
+            f"{consortium_dir / 'ca'} holds a CA already: approve new hospitals with `consortium ca approve`; "
+            "re-initialising would cut every hospital off"
+        )
+    consortium_dir.mkdir(parents=True, exist_ok=True)
+    (consortium_dir / "project_profile.yaml").write_text(yaml.safe_dump(project_profile(defn), sort_keys=False))
+    # no --org: FLARE names the issuer of the certificates it signs by the project alone
+    ca = nvflare(
+        "cert", "init", "--profile", str(consortium_dir / "project_profile.yaml"), "-o", str(consortium_dir / "ca")
+    )
+    server = {"name": defn.server_name, "type": "server", "org": defn.server_org}
+    server.update(fed_learn_port=defn.fed_learn_port, admin_port=defn.admin_port)
+    # FLARE's distributed flow issues no project_admin certificates: the consortium's admins get `lead` kits
+    # (submit and manage their jobs, operate the server); other orgs' admins request their own kits.
+    admins = [{"name": a.name, "type": "admin", "org": a.org, "role": ADMIN_ROLE.get(a.role, a.role)}
+              for a in defn.admins if a.org == defn.server_org]  # fmt: skip
+    kits = {}
+    for participant in [server, *admins]:
+        folder = consortium_dir / "requests" / participant["name"]
+        req = request(defn.project, participant, folder)
+        signed = approve(Path(req["request_zip"]), consortium_dir)
+        kit = package(Path(signed["signed_zip"]), folder, fingerprint=ca["rootca_fingerprint_sha256"],
+                      workspace=consortium_dir / "kits")  # fmt: skip
+        kits[participant["name"]] = kit
+    write_server_policies(kits[defn.server_name], consortium_dir / "storage")
+    return {"fingerprint": ca["rootca_fingerprint_sha256"], "kits": kits}
+
 
 def register(sub) -> None:
-    """Add the distributed-provisioning commands (work in progress)."""
+    """Add `consortium ca ...` (consortium admin) and `consortium site ...` (at a hospital)."""
+    from consortium.deploy.distributed_cli import add_commands
+
+    add_commands(sub)

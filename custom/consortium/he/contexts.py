@@ -54,7 +54,8 @@ def load_context(fl_ctx, file_name: str):
         raise HEContextError(
             f"{fl_ctx.get_identity_name()}: no HE context {path}. The consortium was provisioned without "
             "HEBuilder: add an `he:` section to provisioning/consortium.yaml and provision again, "
-            "or run the plaintext variant of the job (fedavg_plain)."
+            "or run the plaintext variant of the job (fedavg_plain). A kit built with `consortium site package` gets "
+            "the key from the key holder: `consortium site he-unseal` (hospital), `consortium ca install-he` (server)."
         )
     data, result = SecurityContentService.load_content(file_name)
     if result == LoadResult.INVALID_SIGNATURE:
