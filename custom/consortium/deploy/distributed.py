@@ -35,17 +35,19 @@ def project_profile(defn: ConsortiumDef) -> dict:
     return {"name": defn.project, "scheme": "grpc", "connection_security": "mtls", "server": server}
 
 
-def request(project: str, participant: dict, out: Path) -> dict:
+def request(project: str, participant: dict, out: Path, *, force: bool = False) -> dict:
     """`nvflare cert request` for one participant: key, CSR and request zip in `out` (the key never leaves it)."""
     out.mkdir(parents=True, exist_ok=True)
     definition = out.parent / f"{participant['name']}.participant.yaml"
     definition.write_text(yaml.safe_dump({"name": project, "participants": [participant], "builders": [STATIC]}))
-    data = nvflare("cert", "request", "-p", str(definition), "--out", str(out))
+    data = nvflare("cert", "request", "-p", str(definition), "--out", str(out), *(["--force"] if force else []))
     data["public_key_sha256"] = json.loads((out / "request.json").read_text())["public_key_sha256"]
     return data
 
 
 def request_name(request_zip: Path) -> str:
+    if not request_zip.is_file():
+        raise ProvisionError(f"{request_zip}: no such file; the hospital makes it with `consortium site request`")
     try:
         with zipfile.ZipFile(request_zip) as zf:
             return json.loads(zf.read("request.json"))["name"]
@@ -53,13 +55,14 @@ def request_name(request_zip: Path) -> str:
         raise ProvisionError(f"{request_zip}: not a request zip from `consortium site request`") from None
 
 
-def approve(request_zip: Path, consortium_dir: Path) -> dict:
+def approve(request_zip: Path, consortium_dir: Path, *, force: bool = False) -> dict:
     """Sign a request with the consortium CA; the signed zip goes to signed/, the (public) certificate to certs/."""
     name = request_name(request_zip)
     signed = consortium_dir / "signed" / f"{name}.signed.zip"
     signed.parent.mkdir(parents=True, exist_ok=True)
     ca, profile = consortium_dir / "ca", consortium_dir / "project_profile.yaml"
-    data = nvflare("cert", "approve", str(request_zip), "-c", str(ca), "--profile", str(profile), "--out", str(signed))
+    args = ["cert", "approve", str(request_zip), "-c", str(ca), "--profile", str(profile), "--out", str(signed)]
+    data = nvflare(*args, *(["--force"] if force else []))
     if data.get("kind") == "site":  # a hospital's certificate is public: the HE key holder seals to it
         certs = consortium_dir / "certs"
         certs.mkdir(exist_ok=True)

@@ -56,7 +56,7 @@ def cmd_ca_init(args) -> int:
 
 
 def cmd_ca_approve(args) -> int:
-    data = D.approve(Path(args.request_zip), _consortium_dir(args))
+    data = D.approve(Path(args.request_zip), _consortium_dir(args), force=args.force)
     print(f"approved {data['kind']} {data['name']} (org {data['org']}): {data['signed_zip']}")
     if data.get("certificate"):
         print(f"its certificate (public; for the HE key holder): {data['certificate']}")
@@ -80,7 +80,7 @@ def cmd_site_request(args) -> int:
 
     cfg, folder = _site_cfg(args), _site_dir(args)
     participant = {"name": cfg.name, "type": "client", "org": cfg.org}
-    data = D.request(load_consortium(args.consortium).project, participant, folder / "request")
+    data = D.request(load_consortium(args.consortium).project, participant, folder / "request", force=args.force)
     print(f"request: {data['request_zip']}")
     print(
         f"Send only this zip to the consortium admin. The private key stays here: {folder / 'request' / cfg.name}.key"
@@ -178,11 +178,13 @@ def add_commands(sub) -> None:
     add(ca_sub, "init", cmd_ca_init, "root CA, server kit and the consortium's admin kits", needs_site=False)
     p = add(ca_sub, "approve", cmd_ca_approve, "sign a hospital's request zip", needs_site=False)
     p.add_argument("request_zip")
+    p.add_argument("--force", action="store_true", help="sign again a request whose signed zip exists")
     p = add(ca_sub, "install-he", cmd_ca_install_he, "put the key holder's public context in the server kit",
             needs_site=False)  # fmt: skip
     p.add_argument("context", help="server_context.tenseal from `consortium site he-keygen`")
 
-    add(site_sub, "request", cmd_site_request, "make this hospital's private key and request zip", needs_site=True)
+    p = add(site_sub, "request", cmd_site_request, "make this hospital's private key and request zip", needs_site=True)
+    p.add_argument("--force", action="store_true", help="a new key and request (the old ones go to request/.bak)")
     p = add(site_sub, "package", cmd_site_package, "build this hospital's kit from its signed zip", needs_site=True)
     p.add_argument("signed_zip")
     p.add_argument("--fingerprint", required=True, help="root CA fingerprint, from the consortium admin by phone")
