@@ -22,6 +22,9 @@ from consortium.tasks import get_task, state_to_numpy
 from consortium.workflows import checkpoint
 from consortium.workflows.rounds import Attendance, RoundOutcome, too_few
 
+# seconds a site may take to start its job process and load its data before it takes the job's first task
+START_GRACE = 300
+
 
 class ConsortiumFedAvg(FedAvg):
     """FedAvg (ModelController) whose rounds end when every present site has answered or after
@@ -146,21 +149,35 @@ class ConsortiumFedAvg(FedAvg):
         return task
 
     def _wait_for_round(self, outcome: RoundOutcome) -> bool:
-        """Wait until every awaited site answered, or `round_timeout` passed; False if the job was aborted."""
-        task, deadline = self._round_task, time.time() + self.round_timeout
+        """Wait until every awaited site answered or ran out of time; False if the job was aborted.
+
+        A site that took the task has `round_timeout` seconds from then, one that has not taken it yet as long
+        from the round's start; in the job's first round both have at least START_GRACE (a site's job process
+        is still starting, and it loads its data in its first task)."""
+        task, round_start = self._round_task, time.time()
+        first = not self._history["rounds"] or self._history["rounds"][-1].get("job") != self._job_id()
+        limit = max(self.round_timeout, START_GRACE) if first else self.round_timeout
         while self.get_num_standing_tasks():
             if self.abort_signal.triggered:
                 self.info("Abort signal triggered. Finishing FedAvg.")
                 return False
-            picked = {ct.client.name for ct in task.client_tasks}
+            taken = {ct.client.name: ct.task_sent_time or round_start for ct in task.client_tasks}
             responded = {ct.client.name for ct in task.client_tasks if ct.result_received_time is not None}
-            waiting = self._attendance.awaited(outcome.targets, picked=picked, responded=responded)
-            for site in [s for s in waiting if self.get_client_disconnect_time(s) is not None]:
-                outcome.drop(site, "disconnected from the server")
+            waiting, now = (
+                self._attendance.awaited(outcome.targets, picked=set(taken), responded=responded),
+                time.time(),
+            )
+            for site in list(waiting):
+                if self.get_client_disconnect_time(site) is not None:
+                    outcome.drop(site, "disconnected from the server")
+                elif site in taken and now > taken[site] + limit:
+                    outcome.drop(site, f"no result within the round timeout ({limit} s)")
+                elif site not in taken and now > round_start + limit:
+                    outcome.drop(site, f"did not take the round's task within {limit} s")
+                else:
+                    continue
                 waiting.remove(site)
-            if not waiting or time.time() > deadline:
-                for site in waiting:
-                    outcome.drop(site, f"no result within the round timeout ({self.round_timeout} s)")
+            if not waiting:
                 with task.cb_lock:  # no result is being aggregated while the task closes
                     self.cancel_task(task)
                 break
@@ -176,7 +193,8 @@ class ConsortiumFedAvg(FedAvg):
                 continue  # the site's own error text was logged when it came
             self.error(f"{C.SITE_ERROR_MARKER} {site}: round {outcome.number + 1}: dropped from this round: {reason}")
         self._history["rounds"].append(
-            {"round": outcome.number, "seconds": seconds, "sites": self._round_sites, **outcome.record()}
+            {"round": outcome.number, "job": self._job_id(), "seconds": seconds, "sites": self._round_sites}
+            | outcome.record()
         )
         self._history["present"] = self._attendance.present(self.sample_clients())
         dice = ", ".join(
