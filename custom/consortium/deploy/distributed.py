@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import zipfile
@@ -92,34 +91,23 @@ def find_kit(folder: Path, name: str) -> Path:
 
 
 def write_site_policies(kit: Path, cfg) -> None:
-    """The hospital's own policies into its kit's local/, with the central kit builder's functions."""
-    from consortium import constants as C
-    from consortium.config import site_config_dict
-    from consortium.deploy.kit_builder import _resources, _write_json, authorization_policy, privacy_policy
+    """The hospital's own policies into its kit's local/, exactly as the central kit builder writes them."""
+    from consortium.deploy.kit_builder import write_site_local
 
-    local = str(kit / "local")
-    _write_json(os.path.join(local, "resources.json"), _resources(local))
-    _write_json(os.path.join(local, "authorization.json"), authorization_policy(cfg))
-    _write_json(os.path.join(local, "privacy.json"), privacy_policy(cfg))
-    folder = kit / "local" / C.KIT_SITE_CONFIG_FOLDER
-    folder.mkdir(exist_ok=True)
-    text = f"# {cfg.name}'s resolved site config, from {cfg.source.name} when it built this kit.\n"
-    (folder / f"{cfg.name}.yaml").write_text(text + yaml.safe_dump(site_config_dict(cfg), sort_keys=False))
+    write_site_local(str(kit / "local"), cfg)
 
 
-def write_server_policies(kit: Path, storage_root: Path) -> None:
-    """The server kit's allow-list admitting `consortium.`, its job storage inside the consortium folder, and
-    FLARE's default server authorization plus `get_job_log` for a lead's own jobs: the distributed flow issues
-    no project_admin, and the consortium's lead admin follows its jobs through the server's log."""
-    from consortium.deploy.kit_builder import _resources, _server_storage, _write_json
+def write_server_policies(kit: Path, storage_root: Path, *, heartbeat_timeout: int = 60) -> None:
+    """The server kit's local/ as the central kit builder writes it (allow-list, job storage, heartbeat
+    timeout), and FLARE's default server authorization plus `get_job_log` for a lead's own jobs: the
+    distributed flow issues no project_admin, and the consortium's lead admin follows its jobs through the
+    server's log."""
+    from consortium.deploy.kit_builder import _write_json, write_server_local
 
-    local = str(kit / "local")
-    resources = _resources(local)
-    _server_storage(resources, str(storage_root))
-    _write_json(os.path.join(local, "resources.json"), resources)
+    write_server_local(str(kit / "local"), storage_root=str(storage_root), heartbeat_timeout=heartbeat_timeout)
     policy = json.loads((kit / "local" / "authorization.json.default").read_text())
     policy["permissions"]["lead"]["get_job_log"] = "n:submitter"
-    _write_json(os.path.join(local, "authorization.json"), policy)
+    _write_json(str(kit / "local" / "authorization.json"), policy)
 
 
 def init(defn: ConsortiumDef, consortium_dir: Path) -> dict:
@@ -149,7 +137,7 @@ def init(defn: ConsortiumDef, consortium_dir: Path) -> dict:
         kit = package(Path(signed["signed_zip"]), folder, fingerprint=ca["rootca_fingerprint_sha256"],
                       workspace=consortium_dir / "kits")  # fmt: skip
         kits[participant["name"]] = kit
-    write_server_policies(kits[defn.server_name], consortium_dir / "storage")
+    write_server_policies(kits[defn.server_name], consortium_dir / "storage", heartbeat_timeout=defn.heartbeat_timeout)
     return {"fingerprint": ca["rootca_fingerprint_sha256"], "kits": kits}
 
 

@@ -107,26 +107,38 @@ class ConsortiumKitBuilder(Builder):
         clients = {p.name for p in project.get_clients()}
         if clients != set(sites):
             raise ValueError(f"project clients {sorted(clients)} differ from site configs {sorted(sites)}")
-        server = project.get_server()
-        local = ctx.get_local_dir(server)
-        resources = _resources(local)
-        _server_storage(resources, self.storage_root)
-        # FLARE drops a silent site after this many seconds (its default 600): until then a finished job whose
-        # site was lost stays RUNNING, waiting for that site's outcome. Sites send a heartbeat every 10 s.
-        for server_cfg in resources.get("servers", []):
-            server_cfg["heart_beat_timeout"] = self.heartbeat_timeout
-        for name in ("resources.json", "resources.json.default"):  # `poc prepare` rewrites the first from the second
-            _write_json(os.path.join(local, name), resources)
+        write_server_local(
+            ctx.get_local_dir(project.get_server()),
+            storage_root=self.storage_root,
+            heartbeat_timeout=self.heartbeat_timeout,
+        )
         for admin in project.get_admins():
             _fast_admin_login(os.path.join(ctx.get_kit_dir(admin), "fed_admin.json"))
         for client in project.get_clients():
-            cfg = sites[client.name]
-            local = ctx.get_local_dir(client)
-            _write_json(os.path.join(local, "resources.json"), _resources(local))
-            _write_json(os.path.join(local, "authorization.json"), authorization_policy(cfg))
-            _write_json(os.path.join(local, "privacy.json"), privacy_policy(cfg))
-            folder = os.path.join(local, C.KIT_SITE_CONFIG_FOLDER)
-            os.makedirs(folder, exist_ok=True)
-            with open(os.path.join(folder, f"{cfg.name}.yaml"), "w") as f:
-                f.write(f"# {cfg.name}'s resolved site config, from {cfg.source.name} at provisioning time.\n")
-                yaml.safe_dump(site_config_dict(cfg), f, sort_keys=False)
+            write_site_local(ctx.get_local_dir(client), sites[client.name])
+
+
+def write_server_local(local: str, *, storage_root: str, heartbeat_timeout: int) -> dict:
+    """The server kit's local/resources.json (and .default): the allow-list with `consortium.`, job storage
+    inside the consortium workspace, and the heartbeat timeout after which a silent site is dropped."""
+    resources = _resources(local)
+    _server_storage(resources, storage_root)
+    # FLARE drops a silent site after this many seconds (its default 600): until then a finished job whose
+    # site was lost stays RUNNING, waiting for that site's outcome. Sites send a heartbeat every 10 s.
+    for server_cfg in resources.get("servers", []):
+        server_cfg["heart_beat_timeout"] = heartbeat_timeout
+    for name in ("resources.json", "resources.json.default"):  # `poc prepare` rewrites the first from the second
+        _write_json(os.path.join(local, name), resources)
+    return resources
+
+
+def write_site_local(local: str, cfg: SiteConfig) -> None:
+    """A hospital kit's local/: resources (allow-list), authorization and privacy policies, its site config."""
+    _write_json(os.path.join(local, "resources.json"), _resources(local))
+    _write_json(os.path.join(local, "authorization.json"), authorization_policy(cfg))
+    _write_json(os.path.join(local, "privacy.json"), privacy_policy(cfg))
+    folder = os.path.join(local, C.KIT_SITE_CONFIG_FOLDER)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f"{cfg.name}.yaml"), "w") as f:
+        f.write(f"# {cfg.name}'s resolved site config, from {cfg.source.name} at provisioning time.\n")
+        yaml.safe_dump(site_config_dict(cfg), f, sort_keys=False)
