@@ -269,6 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", default=DEFAULT_RUNS, help="where results are written")
     p.add_argument("--workspace", default=DEFAULT_WORKSPACE, help="kits, POC workspace and exported jobs (secret)")
     p.add_argument("--consortium", default=DEFAULT_CONSORTIUM, help="the consortium definition")
+    p.add_argument(
+        "--admin-kit",
+        help="admin startup kit for submit/status/logs/abort against a production consortium (default: the local "
+        "POC's project admin kit)",
+    )
+    p.add_argument("--admin", help="admin user name of --admin-kit (default: the kit folder's name)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = sub.add_parser("data", help="generate or check hospital data").add_subparsers(dest="action", required=True)

@@ -22,7 +22,10 @@ def session(admin: str, kit: Path, timeout: float = 30.0):
     from nvflare.fuel.flare_api.flare_api import new_secure_session
 
     if not (kit / "startup").is_dir():
-        raise AdminError(f"admin kit {kit} not found: bring the consortium up with `consortium poc up`")
+        raise AdminError(
+            f"admin kit {kit} not found (no startup/ folder in it): pass --admin-kit with the folder of an admin "
+            "startup kit, or bring the local consortium up with `consortium poc up`"
+        )
     try:
         sess = new_secure_session(admin, str(kit), timeout=timeout)
     except Exception as exc:

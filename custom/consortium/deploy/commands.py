@@ -27,9 +27,13 @@ def _state(args) -> dict:
 
 
 def _session(args):
+    """An admin API session: from `--admin-kit` (a production or distributed admin kit), else the local POC's."""
     from consortium.deploy.admin import session
     from consortium.deploy.poc import admin_kit
 
+    if getattr(args, "admin_kit", None):
+        kit = Path(args.admin_kit)
+        return session(args.admin or kit.resolve().name, kit)
     state = _state(args)
     return session(state["admin"], admin_kit(_paths(args), state))
 
@@ -131,7 +135,9 @@ def cmd_submit(args) -> int:
             print(f"details: consortium logs {job_id}")
             return 1
         out = download_results(sess, job_id, Path(args.runs) / spec.name)
-    if spec.he:  # in POC every hospital kit is here: release the plaintext model with the first one's key
+    if spec.he and getattr(args, "admin_kit", None):  # production: the admin holds no hospital key
+        print(f"HE: {out / C.GLOBAL_MODEL_FILE} is ciphertext; a hospital decrypts it with `consortium he decrypt`")
+    elif spec.he:  # in POC every hospital kit is here: release the plaintext model with the first one's key
         from consortium.he.release import release_plaintext
 
         state = _state(args)
@@ -198,7 +204,7 @@ def cmd_logs(args) -> int:
             return 0
         logs = sess.get_job_logs(job_id, target=args.site or "all")
     texts = {site: (str(text), "admin API") for site, text in (logs.get("logs") or {}).items()}
-    state = read_state(_paths(args))
+    state = read_state(_paths(args)) or {}  # POC: site logs the server does not hold are read from the kits
     sites = [args.site] if args.site else state.get("sites", [])
     for site in sites:
         local = _paths(args).prod(state["project"]) / site / job_id / "log.txt"
