@@ -24,6 +24,8 @@ from consortium.workflows.rounds import Attendance, RoundOutcome, too_few
 
 # seconds a site may take to start its job process and load its data before it takes the job's first task
 START_GRACE = 300
+# seconds the job waits at its end for the server to declare lost sites dead (its heartbeat_timeout is 60 s)
+LOST_CONFIRM_WAIT = 90
 
 
 class ConsortiumFedAvg(FedAvg):
@@ -129,6 +131,7 @@ class ConsortiumFedAvg(FedAvg):
             self._write_history()
         if self.final_validation and self._global is not None and not self.abort_signal.triggered:
             self._final_validation()
+        self._confirm_lost_sites()
 
     def _initial_model(self) -> tuple[FLModel, int]:
         if not self.resume_from:
@@ -204,6 +207,24 @@ class ConsortiumFedAvg(FedAvg):
             f"[progress] round {outcome.number + 1}/{self.num_rounds}: {outcome.summary()}; "
             f"{self._history['meta']['metric']} of the model they received: {dice or 'none'}"
         )
+
+    def _confirm_lost_sites(self) -> None:
+        """Wait (at most LOST_CONFIRM_WAIT s) until the server has declared the sites lost to timeouts dead.
+
+        FLARE waits for every site's outcome when a job ends, and marks the job FINISHED:ABNORMAL if a site
+        that vanished is declared dead (after the server's heartbeat_timeout) only after the job process
+        ended; declared while the job still runs, it is simply left out and the job ends COMPLETED."""
+        gone = ("no result within", "did not take", "disconnected")
+        last = {s: r for entry in self._history["rounds"] for s, r in (entry.get("dropped") or {}).items()}
+        lost = [s for s in self._attendance.absent if last.get(s, "").startswith(gone)]
+        deadline = time.time() + LOST_CONFIRM_WAIT
+        if lost:
+            self.info(f"[progress] waiting up to {LOST_CONFIRM_WAIT} s for the server to confirm lost site(s) gone: "
+                      f"{', '.join(lost)}")  # fmt: skip
+        while lost and time.time() < deadline and not self.abort_signal.triggered:
+            dead = set(getattr(self.communicator, "_dead_clients", {}))  # sites the server reported dead to this job
+            lost = [s for s in lost if s not in dead]
+            time.sleep(1.0)
 
     def _end(self, reason: str) -> None:
         """Fewer than min_clients sites: stop now, keep the last global model, say why."""
