@@ -73,11 +73,13 @@ class Consortium:
         start = ["bash", str(kit / "startup" / "start.sh")]
         subprocess.run(start, cwd=kit, env=nvflare_env(self.paths), start_new_session=True, check=True)
 
-    def wait_done(self, job: str) -> str:
+    def wait_done(self, job: str) -> tuple[str, dict]:
+        """The finished job's status and its downloaded metrics.json."""
         while True:
             line = next((ln for ln in self("status", check=False).stdout.splitlines() if job in ln), "")
             if "FINISHED" in line:
-                return line.split()[-1]
+                self("download", job)
+                return line.split()[-1], json.loads((self.tmp / "runs" / "fedavg" / "metrics.json").read_text())
             time.sleep(2)
 
 
@@ -100,15 +102,15 @@ def run_faults(args) -> list[dict]:
         try:
             start = time.time()
             job = submit(c, args, "--no-wait")
-            status = c.wait_done(job)
-            rows.append(row("none", status, c.history(job, args.rounds), time.time() - start))
+            status, history = c.wait_done(job)
+            rows.append(row("none", status, history, time.time() - start))
 
             start = time.time()
             job = submit(c, args, "--no-wait")
             c.history(job, 2)
             c.kill("site-c")
-            status = c.wait_done(job)
-            rows.append(row("site-c killed after round 2", status, c.history(job, args.rounds), time.time() - start))
+            status, history = c.wait_done(job)
+            rows.append(row("site-c killed after round 2", status, history, time.time() - start))
 
             start = time.time()
             job = submit(c, args, "--no-wait")

@@ -314,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     from consortium.deploy.commands import (
         cmd_abort,
         cmd_demo,
+        cmd_download,
         cmd_kit_verify,
         cmd_logs,
         cmd_poc_down,
@@ -355,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="server, registered sites, jobs, and the errors sites reported")
     status.add_argument("--tail", type=int, default=20, help="last N site errors per job (default 20)")
     status.set_defaults(fn=cmd_status)
+    download = sub.add_parser("download", help="download a finished job's results into --runs/<job name>/")
+    download.add_argument("job_id")
+    download.set_defaults(fn=cmd_download)
     abort = sub.add_parser("abort", help="abort a running job (admin API abort_job)")
     abort.add_argument("job_id")
     abort.set_defaults(fn=cmd_abort)

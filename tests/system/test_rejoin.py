@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from consortium.deploy.admin import clients, session
-from consortium.deploy.poc import PocPaths, kill_group, port_free, read_state
+from consortium.deploy.admin import session
+from consortium.deploy.poc import PocPaths, kill_group, read_state
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 
@@ -85,23 +85,11 @@ def test_a_restarted_site_rejoins_the_running_job(cli):
     server, site_b = prod / "localhost", prod / "site-b"
     groups = []
     try:
-        # the server kit gets the component in local/ (built in the server parent and in every job process);
-        # the running server reads it at start, so restart the server from its kit
-        (server / "local" / "rejoin__resources.json").write_text(json.dumps({"components": [COMPONENT]}))
-        kill_kit(server)
-        wait_for(lambda: all(port_free(p) for p in state["ports"]), "the server ports to be free", timeout=120)
-        groups.append(start_kit(server, cli.env))
-
-        def both_sites():
-            try:
-                with session(state["admin"], prod / state["admin"]) as sess:
-                    return clients(sess) == ["site-a", "site-b"]
-            except Exception:
-                return False
-
-        wait_for(both_sites, "both sites to be connected to the restarted server", timeout=300, poll=5)
-
-        sub = cli("submit", "fedavg", "--rounds", str(ROUNDS), "--no-wait")
+        # provisioning put the component into the server kit's local/ (both resources files)
+        for name in ("resources.json", "resources.json.default"):
+            resources = json.loads((server / "local" / name).read_text())
+            assert COMPONENT in resources["components"], name
+        sub = cli("submit", "fedavg", "--rounds", str(ROUNDS), "--round-timeout", "30", "--no-wait")
         job_id = sub.stdout.split("submitted job 'fedavg' as ")[1].split()[0]
         running_log = server / job_id / "log.txt"  # the server's job folder, archived when the job ends
         wait_for(lambda: f"[progress] round 2/{ROUNDS}:" in text(running_log), "round 2 at the server")
@@ -127,7 +115,11 @@ def test_a_restarted_site_rejoins_the_running_job(cli):
         trained = re.findall(r"site-b round (\d+): Dice of received model", text(site_b / job_id / "log.txt"))
         rounds_b = [int(r) for r in trained]
         assert rounds_b and rounds_b[0] >= 2 and rounds_b[-1] == ROUNDS - 1, rounds_b
-        assert f"[progress] round {ROUNDS}/{ROUNDS}: 2 sites reported" in server_job_log, server_job_log[-3000:]
+        assert f"[progress] round {ROUNDS}/{ROUNDS}: 2 of 2 sites contributed" in server_job_log, server_job_log[-3000:]
+        cli("download", job_id)
+        history = json.loads((cli.tmp / "runs" / "fedavg" / "metrics.json").read_text())
+        back = [r["round"] for r in history["rounds"] if "site-b" in r["contributed"] and r["round"] >= 2]
+        assert back and back[-1] == ROUNDS - 1 and not history["rounds"][-1]["dropped"], history["rounds"]
     finally:
         cli("poc", "down", check=False)
         for pgid in groups:

@@ -4,6 +4,7 @@ per-sample gradients against autograd, the site's budget and guard, and refusal 
 import json
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,10 +119,34 @@ def test_update_filter_output_is_clipped_plus_noise_of_expected_std():
     assert f.accountant.history == [(0.25, 1.0, 1)]
 
 
-def _fl_ctx():
+def _fl_ctx(root=None, job="job-1"):
+    """A site's FLARE context: its name, a workspace (for the privacy ledger) and the job id."""
+    import tempfile
+
+    from nvflare.apis.workspace import Workspace
+
+    root = Path(root or tempfile.mkdtemp())
+    (root / "local").mkdir(exist_ok=True)
+    (root / "startup").mkdir(exist_ok=True)
     ctx = FLContext()
     ctx.set_prop(FLContextKey.CLIENT_NAME, "site-a", private=False, sticky=True)
+    ctx.set_prop(FLContextKey.WORKSPACE_OBJECT, Workspace(str(root), "site-a"), private=True, sticky=False)
+    ctx.set_prop(FLContextKey.CURRENT_RUN, job, private=False, sticky=True)
     return ctx
+
+
+def test_update_filter_accounting_continues_in_a_resumed_job(tmp_path):
+    """The update filter's privacy ledger is on the site's disk: a resumed job (new filter, new job id, same
+    run) counts the rounds of the job it continues."""
+    rng = np.random.default_rng(3)
+    received, local = _update(rng, norm=5.0)
+    for job, chain in (("j1", ["j1"]), ("j2", ["j1", "j2"])):
+        keep, noise = KeepGlobalModel(), GaussianUpdateFilter(clip_norm=1.0, noise_multiplier=0.8, delta=1e-5)
+        ctx = _fl_ctx(tmp_path, job)
+        keep.process(DXO(DataKind.WEIGHTS, data=dict(received), meta={C.META_RUN_CHAIN: chain}).to_shareable(), ctx)
+        for _ in range(2):
+            noise.process(DXO(DataKind.WEIGHTS, data=dict(local)).to_shareable(), ctx)
+    assert noise.accountant.history == [(0.4, 1.0, 4)]  # 2 rounds in j1 + 2 in j2, at multiplier 0.8 / 2
 
 
 def test_update_filter_as_flare_filters_and_submit_model_resends_released():

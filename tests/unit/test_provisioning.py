@@ -92,5 +92,6 @@ def test_kits_drop_a_silent_site_after_the_heartbeat_timeout_and_admins_log_in_f
     for name in ("resources.json", "resources.json.default"):
         resources = json.loads((prod / defn.server_name / "local" / name).read_text())
         assert [s["heart_beat_timeout"] for s in resources["servers"]] == [defn.heartbeat_timeout] == [60]
+        assert "consortium.deploy.rejoin.RejoinRunningJobs" in [c["path"] for c in resources["components"]]
     admin = json.loads((prod / "admin@consortium.org" / "startup" / "fed_admin.json").read_text())
     assert admin["admin"]["authenticate_msg_timeout"] == 1.0

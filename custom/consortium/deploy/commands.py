@@ -135,20 +135,42 @@ def cmd_submit(args) -> int:
             print(f"details: consortium logs {job_id}")
             return 1
         out = download_results(sess, job_id, Path(args.runs) / spec.name)
-    if spec.he and getattr(args, "admin_kit", None):  # production: the admin holds no hospital key
+    return _results(args, out)
+
+
+def _results(args, out: Path) -> int:
+    """After a job: the plaintext model (POC: decrypted with a local hospital kit's key), summary, report."""
+    history = json.loads((out / C.METRICS_FILE).read_text())
+    he = bool(history.get("meta", {}).get("he"))
+    if he and getattr(args, "admin_kit", None):  # production: the admin holds no hospital key
         print(f"HE: {out / C.GLOBAL_MODEL_FILE} is ciphertext; a hospital decrypts it with `consortium he decrypt`")
-    elif spec.he:  # in POC every hospital kit is here: release the plaintext model with the first one's key
+    elif he:  # in POC every hospital kit is here: release the plaintext model with the first one's key
         from consortium.he.release import release_plaintext
 
         state = _state(args)
         site = state["sites"][0]
         kit_context = _paths(args).prod(state["project"]) / site / "startup" / "client_context.tenseal"
         release_plaintext(out, kit_context, f"{site}'s kit key")
-    history = json.loads((out / C.METRICS_FILE).read_text())
+        history = json.loads((out / C.METRICS_FILE).read_text())
     from consortium.report import print_job_summary
 
     print_job_summary(out, history, "")
     return 0
+
+
+def cmd_download(args) -> int:
+    """Results of a finished job (e.g. one submitted with --no-wait) into runs/<job name>/."""
+    from consortium.deploy.admin import AdminError
+    from consortium.deploy.admin import download as download_results
+
+    with _session(args) as sess:
+        meta = sess.get_job_meta(args.job_id)
+        status = meta.get("status", "")
+        if not status.startswith("FINISHED"):
+            raise AdminError(f"job {args.job_id} is {status or 'unknown'}; download it once it has finished")
+        out = download_results(sess, args.job_id, Path(args.runs) / meta.get("name", args.job_id))
+    print(f"job {args.job_id}: {status}; results in {out}")
+    return _results(args, out)
 
 
 def resume_target(sess, name: str, wanted: str) -> str:

@@ -118,6 +118,9 @@ class ConsortiumKitBuilder(Builder):
             write_site_local(ctx.get_local_dir(client), sites[client.name])
 
 
+REJOIN_COMPONENT = {"id": "rejoin_running_jobs", "path": "consortium.deploy.rejoin.RejoinRunningJobs", "args": {}}
+
+
 def write_server_local(local: str, *, storage_root: str, heartbeat_timeout: int) -> dict:
     """The server kit's local/resources.json (and .default): the allow-list with `consortium.`, job storage
     inside the consortium workspace, and the heartbeat timeout after which a silent site is dropped."""
@@ -127,6 +130,10 @@ def write_server_local(local: str, *, storage_root: str, heartbeat_timeout: int)
     # site was lost stays RUNNING, waiting for that site's outcome. Sites send a heartbeat every 10 s.
     for server_cfg in resources.get("servers", []):
         server_cfg["heart_beat_timeout"] = heartbeat_timeout
+    # a hospital restarted from its kit rejoins the running job (deploy/rejoin.py); built in the server parent
+    # and in every server job process, which is why it is a component of resources.json
+    components = [c for c in resources.setdefault("components", []) if c.get("id") != REJOIN_COMPONENT["id"]]
+    resources["components"] = components + [dict(REJOIN_COMPONENT)]
     for name in ("resources.json", "resources.json.default"):  # `poc prepare` rewrites the first from the second
         _write_json(os.path.join(local, name), resources)
     return resources

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import json
 import threading
-import zipfile
 
 from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_component import FLComponent
@@ -21,21 +19,6 @@ from nvflare.private.fed.server.server_commands import ServerCommands
 from nvflare.private.fed.utils.fed_utils import extract_participants
 
 RESYNC_TOPIC = "consortium.rejoin.resync_clients"
-
-
-def spends_privacy(app_data: bytes) -> bool:
-    """Whether the site's side of the app does DP accounting: that lives in the site's job process and would
-    start again from zero in a restarted one, so the site's max_epsilon would no longer bound the whole job."""
-
-    def dp(node) -> bool:
-        if isinstance(node, dict):
-            if node.get("dp_sgd") or str(node.get("path", "")).endswith("GaussianUpdateFilter"):
-                return True
-            node = list(node.values())
-        return isinstance(node, list) and any(dp(n) for n in node)
-
-    with zipfile.ZipFile(io.BytesIO(app_data)) as z:
-        return any(dp(json.loads(z.read(n))) for n in z.namelist() if n.endswith("config_fed_client.json"))
 
 
 def resync_clients(topic: str, data, fl_ctx) -> dict:
@@ -112,9 +95,9 @@ class RejoinRunningJobs(FLComponent):
         )
         if app_name is None:
             return "the job has no app for this site"
+        # DP accounting survives the restart: the site's ledgers (privacy/ledger.py) are on its own disk, outside
+        # the job folder, and its new job process continues them, so its max_epsilon still bounds the whole job
         app_data = job.get_application(app_name, fl_ctx)
-        if spends_privacy(app_data):
-            return "not rejoined: the job does DP accounting at the site, which a restarted site would start anew"
         need = (job.meta.get("resource_spec") or {}).get(client.name, {})
         checked = engine.check_client_resources(job, {client.name: need}, fl_ctx)
         enough, resource_token = checked.get(client.name, (False, "no answer"))

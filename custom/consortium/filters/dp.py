@@ -12,15 +12,18 @@ import math
 import numpy as np
 from nvflare.apis.dxo import DataKind, MetaKey, from_shareable
 from nvflare.apis.filter import Filter
-from nvflare.apis.fl_constant import ReturnCode
+from nvflare.apis.fl_constant import FLContextKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 
 from consortium import constants as C
 from consortium.he.ckks import PAYLOAD_KEY
+from consortium.privacy import ledger
 from consortium.privacy.accountant import RDPAccountant, check_dp_args, noise_for_target, read_dp_settings
 
 CTX_RECEIVED_MODEL = "consortium_dp_received_model"  # FLContext prop: the task's plaintext global weights
+CTX_RUN_CHAIN = "consortium_dp_run_chain"  # FLContext prop: job ids of this run (resumed jobs continue accounting)
+LEDGER_SUFFIX = ".update"  # the update filter's ledger beside DP-SGD's: <job id>.update.json
 
 
 def clip_update(update: dict[str, np.ndarray], clip_norm: float) -> tuple[dict[str, np.ndarray], float]:
@@ -52,6 +55,8 @@ class KeepGlobalModel(Filter):
         _, params = _weights(shareable, "KeepGlobalModel")
         received = {k: np.array(v, dtype=np.float64, copy=True) for k, v in params.items()}
         fl_ctx.set_prop(CTX_RECEIVED_MODEL, received, private=True, sticky=False)
+        chain = from_shareable(shareable).get_meta_prop(C.META_RUN_CHAIN) or [fl_ctx.get_job_id()]
+        fl_ctx.set_prop(CTX_RUN_CHAIN, list(chain), private=True, sticky=False)
         return shareable
 
 
@@ -142,7 +147,17 @@ class GaussianUpdateFilter(Filter):
                 )
             dxo.data = dict(self._released)
             return dxo.update_shareable(shareable)
+        workspace = fl_ctx.get_prop(FLContextKey.WORKSPACE_OBJECT)
+        if workspace is None:
+            raise ValueError("GaussianUpdateFilter: no site workspace in the FLARE context for its privacy ledger")
+        root = workspace.get_root_dir()
+        chain = [j + LEDGER_SUFFIX for j in (fl_ctx.get_prop(CTX_RUN_CHAIN) or [fl_ctx.get_job_id()])]
+        if not self.accountant.history:  # a resumed job, or this site restarted: what was spent still counts
+            prior = ledger.load_prior(root, chain)
+            if prior:
+                self.accountant.history = list(prior[1])
         noised, norm = self.privatize(local, received)
+        ledger.save(root, chain[-1], self.accountant.history)  # on this site's disk before the result leaves
         epsilon = self.accountant.epsilon(self.delta)
         metrics = dict(dxo.get_meta_prop(MetaKey.INITIAL_METRICS) or {})
         metrics[C.METRIC_DP_UPDATE_EPSILON] = epsilon
