@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests/ helpers: the tiny generated hospitals
 
@@ -65,8 +67,12 @@ class Consortium:
             time.sleep(0.5)
 
     def kill(self, name: str) -> None:
-        for proc in kit_processes(self.paths, self.kit(name)):
+        procs = kit_processes(self.paths, self.kit(name))
+        for proc in procs:
             proc.send_signal(signal.SIGKILL)
+        psutil.wait_procs(procs, timeout=30)
+        for pid_file in ("daemon_pid.fl", "pid.fl"):  # left by the crash; a start script refuses to run beside them
+            (self.kit(name) / pid_file).unlink(missing_ok=True)
 
     def restart(self, name: str) -> None:
         kit = self.kit(name)

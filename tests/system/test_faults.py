@@ -9,6 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from consortium.config import load_site_configs
@@ -59,6 +60,9 @@ def kill(cli, name: str) -> int:
     procs = kit_processes(cli.paths, kit(cli, name))
     for p in procs:
         p.send_signal(signal.SIGKILL)
+    psutil.wait_procs(procs, timeout=30)
+    for pid_file in ("daemon_pid.fl", "pid.fl"):  # left by the crash; their PIDs may be another process's by now
+        (kit(cli, name) / pid_file).unlink(missing_ok=True)
     return len(procs)
 
 
