@@ -20,15 +20,14 @@ from consortium.algorithms import split_controls, with_controls, zero_controls
 from consortium.he.ckks import PAYLOAD_KEY
 from consortium.tasks import get_task, state_to_numpy
 from consortium.workflows import checkpoint
+from consortium.workflows.ending import JobEnd
 from consortium.workflows.rounds import Attendance, RoundOutcome, too_few
 
 # seconds a site may take to start its job process and load its data before it takes the job's first task
 START_GRACE = 300
-# seconds the job waits at its end for the server to declare lost sites dead (its heartbeat_timeout is 60 s)
-LOST_CONFIRM_WAIT = 90
 
 
-class ConsortiumFedAvg(FedAvg):
+class ConsortiumFedAvg(JobEnd, FedAvg):
     """FedAvg (ModelController) whose rounds end when every present site has answered or after
     `round_timeout` seconds, whichever comes first. Sites that fail, time out or send an unusable update are
     dropped from that round (reason recorded); the round aggregates the rest with their own weights, and the
@@ -208,24 +207,6 @@ class ConsortiumFedAvg(FedAvg):
             f"{self._history['meta']['metric']} of the model they received: {dice or 'none'}"
         )
 
-    def _confirm_lost_sites(self) -> None:
-        """Wait (at most LOST_CONFIRM_WAIT s) until the server has declared the sites lost to timeouts dead.
-
-        FLARE waits for every site's outcome when a job ends, and marks the job FINISHED:ABNORMAL if a site
-        that vanished is declared dead (after the server's heartbeat_timeout) only after the job process
-        ended; declared while the job still runs, it is simply left out and the job ends COMPLETED."""
-        gone = ("no result within", "did not take", "disconnected")
-        last = {s: r for entry in self._history["rounds"] for s, r in (entry.get("dropped") or {}).items()}
-        lost = [s for s in self._attendance.absent if last.get(s, "").startswith(gone)]
-        deadline = time.time() + LOST_CONFIRM_WAIT
-        if lost:
-            self.info(f"[progress] waiting up to {LOST_CONFIRM_WAIT} s for the server to confirm lost site(s) gone: "
-                      f"{', '.join(lost)}")  # fmt: skip
-        while lost and time.time() < deadline and not self.abort_signal.triggered:
-            dead = set(getattr(self.communicator, "_dead_clients", {}))  # sites the server reported dead to this job
-            lost = [s for s in lost if s not in dead]
-            time.sleep(1.0)
-
     def _end(self, reason: str) -> None:
         """Fewer than min_clients sites: stop now, keep the last global model, say why."""
         self._history["stopped"] = reason
@@ -268,26 +249,6 @@ class ConsortiumFedAvg(FedAvg):
         self._outcome.contribute(site)
         self._received_count += 1
         return True
-
-    def _final_validation(self) -> None:
-        final = FLModel(params=self._global.params, params_type=ParamsType.FULL)
-        if self.finetune_epochs:  # each site also fine-tunes the final model on its own data and keeps it
-            final.meta[C.META_FINETUNE_EPOCHS] = self.finetune_epochs
-        present = self._history.get("present") or None
-        results = self.send_model_and_wait(
-            task_name=C.TASK_VALIDATE, data=final, targets=present, timeout=self.round_timeout
-        )
-        for res in results:
-            self._history["final"][(res.meta or {}).get("client_name", "?")] = dict(res.metrics or {})
-        final_scores = self._history["final"]
-        metric = self._history["meta"]["metric"]
-        shown = ", ".join(f"{s} {m.get(C.METRIC_SCORE, float('nan')):.3f}" for s, m in final_scores.items())
-        self.info(f"[progress] final global model, validation {metric} per site: {shown}")
-        if self.finetune_epochs:
-            personal = {s: m.get(C.METRIC_PERSONAL_SCORE, float("nan")) for s, m in final_scores.items()}
-            shown = ", ".join(f"{s} {v:.3f}" for s, v in personal.items())
-            self.info(f"[progress] after {self.finetune_epochs} fine-tuning epoch(s) at each site: {shown}")
-        self._write_history()
 
     def _write_history(self) -> None:
         path = os.path.join(self.get_run_dir(), C.METRICS_FILE)
