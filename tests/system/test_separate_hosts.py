@@ -137,7 +137,10 @@ def _prefix(stdout: str) -> str:
 
 @needs_netns
 def test_a_job_runs_across_separate_hosts(cli):
-    run = cli("netlab", "run", "--job", "fedavg", "--rounds", "2", "--links", "plain", check=False, timeout=900)
+    try:
+        run = cli("netlab", "run", "--job", "fedavg", "--rounds", "2", "--links", "plain", check=False, timeout=900)
+    finally:  # a run killed on timeout cannot clean up after itself: remove what its netlab.json lists
+        cli("netlab", "down", check=False)
     out = run.stdout
     assert run.returncode == 0, out[-4000:] + run.stderr[-4000:]
     assert re.search(r"^plain\s+2 .* FINISHED:COMPLETED$", out, re.M), out[-2000:]
@@ -154,8 +157,11 @@ def test_a_job_runs_across_separate_hosts(cli):
 @needs_netns
 @pytest.mark.slow
 def test_a_job_completes_over_poor_links(cli):
-    run = cli("netlab", "run", "--rounds", "2", "--links", "slow,delay,cuts,poor", "--cut-every", "10",
-              check=False, timeout=3600)  # fmt: skip
+    try:
+        run = cli("netlab", "run", "--rounds", "2", "--links", "slow,delay,cuts,poor", "--cut-every", "10",
+                  check=False, timeout=3600)  # fmt: skip
+    finally:
+        cli("netlab", "down", check=False)
     out = run.stdout
     print(out[out.rfind("link ") :])  # the measured table, for `pytest -s`
     for link in ("slow", "delay", "cuts", "poor"):

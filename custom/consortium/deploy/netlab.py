@@ -30,7 +30,7 @@ class Link:
     rate_mbit: float = 0.0  # 0: unlimited
     delay_ms: float = 0.0
     jitter_ms: float = 0.0
-    cut_every: float = 0.0  # mean seconds between cut connections; 0: none
+    cut_every: float = 0.0  # a connection moving data is cut after this many seconds of transfer on average
 
     @property
     def relayed(self) -> bool:
@@ -106,6 +106,8 @@ class Lab:
             if host in self.hospitals and link.relayed:
                 names["server"] = self.addr["wan"]
             etc = Path(f"/etc/netns/{self.ns(host)}")
+            if not etc.parent.exists():
+                self.state["made_etc_netns"] = True
             if str(etc) not in self.state["etc"]:
                 self.state["etc"].append(str(etc))
                 self._save()
@@ -172,6 +174,11 @@ class Lab:
             _run("ip", "netns", "del", ns, check=False)
         for etc in self.state["etc"]:
             shutil.rmtree(etc, ignore_errors=True)
+        if self.state.get("made_etc_netns"):  # /etc/netns itself, if this lab made it and no other lab uses it
+            try:
+                Path("/etc/netns").rmdir()
+            except OSError:
+                pass
         self.state["namespaces"], self.state["etc"] = [], []
         (self.root / "netlab.json").unlink(missing_ok=True)
 
@@ -199,8 +206,9 @@ def check_host() -> None:
 
 
 def on_sigterm() -> None:
-    """SIGTERM unwinds like Ctrl-C, so the lab's finally-blocks remove what it made."""
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    """SIGTERM and SIGHUP unwind like Ctrl-C, so the lab's finally-blocks remove what it made."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, _: sys.exit(128 + signum))
 
 
 def register(sub) -> None:

@@ -29,14 +29,14 @@ def provision(root: Path, *, consortium: Path, site_configs: Path, env: dict) ->
     return prods[-1], raw
 
 
-def run_link(lab: Lab, name: str, link: Link, *, prod: Path, consortium: dict, job: Path, timeout: float) -> dict:
+def run_link(lab: Lab, name: str, link: Link, *, prod, consortium: dict, job, timeout: float, kit_env=None) -> dict:
     """Start the relay (if the link needs it), the server and every hospital from their own kits, each in its
     own namespace; submit the job from the admin host; stop everything; return the measured row."""
     lab.set_link(link)
     logs, port = lab.root / "logs" / name, consortium["server"]["fed_learn_port"]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("NVFLARE_POC_WORKSPACE", None)
-    home = lambda host: {**env, "HOME": str(lab.root / "home" / host)}  # every host its own ~/.nvflare
+    home = lambda host: {**env, **(kit_env or {}), "HOME": str(lab.root / "home" / host)}  # own ~/.nvflare
     for host in ("server", "admin", *lab.hospitals):
         (lab.root / "home" / host).mkdir(parents=True, exist_ok=True)
     if link.relayed:
@@ -59,15 +59,15 @@ def run_link(lab: Lab, name: str, link: Link, *, prod: Path, consortium: dict, j
     result_file = logs / "result" / "netlab.json"
     row = json.loads(result_file.read_text()) if result_file.exists() else {"status": "no result (see logs)"}
     relay_log = logs / "relay.log"
-    row["cuts"] = relay_log.read_text().count("relay: cut connection") if relay_log.exists() else 0
+    row["cuts"] = relay_log.read_text().count(" cut connection ") if relay_log.exists() else 0
     row.update(link=name, total_s=time.perf_counter() - start, logs=str(logs))
     return row
 
 
 def table(rows: list[dict]) -> str:
     """One line per link condition: rounds done, mean seconds of rounds 2..n, round 1, job, readiness, cuts,
-    cross-site scores received / expected."""
-    out = ["link     rounds  s/round  round 1 s   job s  ready s  cuts  cross-site  status"]
+    site-rounds dropped (a site's update missing from a round), cross-site scores received / expected."""
+    out = ["link     rounds  s/round  round 1 s   job s  ready s  cuts  dropped  cross-site  status"]
     cell = lambda v, w, f=".1f": f"{v:{w}{f}}" if v is not None else f"{'-':>{w}s}"
     for r in rows:
         rounds = r.get("round_seconds", [])
@@ -76,7 +76,9 @@ def table(rows: list[dict]) -> str:
         first = rounds[0] if rounds else None
         cells = [cell(per, 8), cell(first, 10), cell(r.get("job_s"), 7, ".0f"), cell(r.get("ready_s"), 8, ".0f")]
         xsite = "{}/{}".format(*r["cross_site"]) if r.get("cross_site") else "-"
-        out.append(f"{r['link']:7s} {len(rounds):7d} {' '.join(cells)} {r['cuts']:5d} {xsite:>11s}  {r['status']}")
+        dropped = sum(len(d) for d in r.get("dropped", []))
+        line = f"{r['link']:7s} {len(rounds):7d} {' '.join(cells)} {r['cuts']:5d} {dropped:8d} {xsite:>11s}"
+        out.append(f"{line}  {r['status']}")
     return "\n".join(out)
 
 
@@ -91,6 +93,10 @@ def cmd_run(args) -> int:
     unknown = [n for n in names if n not in conditions]
     if unknown:
         raise NetlabError(f"--links: unknown link condition(s) {', '.join(unknown)}; known: {', '.join(conditions)}")
+    bad = [e for e in args.kit_env if "=" not in e]
+    if bad:
+        raise NetlabError(f"--kit-env: expected NAME=VALUE, got {bad[0]!r}")
+    kit_env = dict(e.split("=", 1) for e in args.kit_env)
     sites = load_site_configs(args.site_configs)
     require_data_dirs(sites)
     spec = load_job_spec(args.job, args.jobs)
@@ -109,12 +115,13 @@ def cmd_run(args) -> int:
         for name in names:
             print(f"== link {name}: {conditions[name]}", flush=True)
             rows.append(run_link(lab, name, conditions[name], prod=prod, consortium=consortium, job=job,
-                                 timeout=args.timeout))  # fmt: skip
+                                 timeout=args.timeout, kit_env=kit_env))  # fmt: skip
             print(table(rows[-1:]).splitlines()[1], flush=True)
     finally:
         lab.down()
         print(f"lab {lab.prefix} removed (namespaces, bridge, veths, qdiscs, hosts files, processes)")
-    print(f"\njob {spec.name}, {spec.rounds} rounds, {len(sites)} hospitals; s/round = mean of rounds 2..n")
+    extra = f"; kit environment {' '.join(args.kit_env)}" if args.kit_env else ""
+    print(f"\njob {spec.name}, {spec.rounds} rounds, {len(sites)} hospitals; s/round = mean of rounds 2..n{extra}")
     print(table(rows))
     return 0 if all(r["status"] == "FINISHED:COMPLETED" for r in rows) else 1
 
@@ -158,6 +165,7 @@ def cmd_admin(args) -> int:
     if (out / C.METRICS_FILE).exists():
         history = json.loads((out / C.METRICS_FILE).read_text())
         result["round_seconds"] = [r["seconds"] for r in history.get("rounds", [])]
+        result["dropped"] = [r.get("dropped", {}) for r in history.get("rounds", [])]  # site: reason, per round
         result["final"] = {s: m.get(C.METRIC_SCORE) for s, m in history.get("final", {}).items()}
         scores = (history.get("cross_site") or {}).get("scores", {})
         result["cross_site"] = [sum(len(v) for v in scores.values()), (len(wanted) + 1) * len(wanted)]
@@ -176,8 +184,10 @@ def register(sub) -> None:
     run.add_argument("--rate-mbit", type=float, default=20.0, help="per-hospital rate limit of slow/poor links")
     run.add_argument("--delay-ms", type=float, default=50.0, help="added one-way delay of delay/poor links")
     run.add_argument("--jitter-ms", type=float, default=10.0, help="uniform +- jitter on that delay")
-    run.add_argument("--cut-every", type=float, default=20.0, help="mean seconds between cuts (cuts/poor links)")
+    run.add_argument("--cut-every", type=float, default=20.0, help="cuts/poor: mean seconds of transfer before a cut")
     run.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per job")
+    env_help = "environment of every kit process, e.g. NVFLARE_STREAMING_ACK_PROGRESS_TIMEOUT=10 (repeatable)"
+    run.add_argument("--kit-env", action="append", default=[], metavar="NAME=VALUE", help=env_help)
     run.set_defaults(fn=cmd_run)
     down = cmds.add_parser("down", help="remove labs a crashed run left behind in this workspace")
     down.set_defaults(fn=cmd_down)

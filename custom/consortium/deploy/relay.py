@@ -15,8 +15,8 @@ CHUNK = 64 * 1024
 
 class Relay:
     """Forward every connection on `listen` to `target`; each direction delays each chunk by delay +- jitter
-    seconds (deadlines never go backwards, so a connection keeps its byte order); every ~`cut_every` seconds
-    one connection that is moving data is reset on both sides."""
+    seconds (deadlines never go backwards, so a connection keeps its byte order); a connection moving data
+    is reset on both sides at random, on average after `cut_every` seconds of transfer."""
 
     def __init__(self, listen, target, *, delay=0.0, jitter=0.0, cut_every=0.0, seed=0, log=print):
         self.listen, self.target = listen, target
@@ -93,16 +93,15 @@ class Relay:
         self.log(f"relay: {when} cut connection {cid} from {conn['peer']} mid-transfer after {mb:.1f} MB")
 
     async def _cutter(self, tick: float = 0.1, busy_bytes: int = 32 * 1024) -> None:
+        """Each connection that is moving data (>= 32 KB in a tick) is cut with probability tick / cut_every:
+        on average after `cut_every` seconds of transfer, at a random point of it, whatever else is going on."""
         while True:
-            await asyncio.sleep(self.rng.uniform(0.5, 1.5) * self.cut_every)
-            while True:  # wait for a connection in the middle of a bulk transfer (>= 32 KB in the last tick)
-                for conn in self.conns.values():
-                    conn["seen"] = conn["bytes"]
-                await asyncio.sleep(tick)
-                busy = [c for c, v in self.conns.items() if v["bytes"] - v["seen"] >= busy_bytes]
-                if busy:
-                    self._cut(self.rng.choice(busy))
-                    break
+            for conn in self.conns.values():
+                conn["seen"] = conn["bytes"]
+            await asyncio.sleep(tick)
+            for cid, conn in list(self.conns.items()):
+                if conn["bytes"] - conn["seen"] >= busy_bytes and self.rng.random() < tick / self.cut_every:
+                    self._cut(cid)
 
     async def run(self, lifetime: float) -> dict:
         server = await asyncio.start_server(self._serve, *self.listen, reuse_address=True)
@@ -131,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", type=_addr, required=True, help="HOST:PORT to forward them to")
     p.add_argument("--delay-ms", type=float, default=0.0, help="added one-way delay per chunk")
     p.add_argument("--jitter-ms", type=float, default=0.0, help="uniform +- jitter on that delay")
-    p.add_argument("--cut-every", type=float, default=0.0, help="mean seconds between cuts (0: never)")
+    p.add_argument("--cut-every", type=float, default=0.0, help="mean seconds of transfer until a cut (0: never)")
     p.add_argument("--lifetime", type=float, default=3600.0, help="exit after this many seconds")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
