@@ -64,8 +64,10 @@ def test_epsilon_per_round_and_refusing_site_dropped(tiny_sites, tmp_path):
 def test_job_ends_with_reason_when_too_few_sites_remain(tiny_sites, tmp_path):
     proc = _simulate(tiny_sites, tmp_path, JOB.format(rounds=3, min_clients=2, he="false"))
     assert proc.returncode != 0
-    assert "job ends: after privacy refusals (site-b) only 1 site(s) can train" in proc.stdout
-    assert "fewer than the job's min_clients 2" in proc.stdout
+    assert "round 2: only 1 site(s) contributed (site-a), fewer than the job's min_clients 2" in proc.stdout
+    assert "site-b dropped: refused:" in proc.stdout  # the reason travels with the message
     history = json.loads((tmp_path / "runs/dp/workspace/server/simulate_job/metrics.json").read_text())
     assert "min_clients 2" in history["stopped"]
-    assert len(history["rounds"]) == 1  # the round site-b refused was not aggregated from one site
+    # the round site-b refused is recorded, but was not aggregated from one site
+    assert [r["aggregated"] for r in history["rounds"]] == [True, False]
+    assert history["rounds"][1]["contributed"] == ["site-a"] and "site-b" in history["rounds"][1]["dropped"]

@@ -121,6 +121,7 @@ class ConsortiumFedAvg(JobEnd, FedAvg):
                 return  # aborted
             self._close_round(outcome, time.time() - round_start)
             reason = too_few(outcome, self._min_clients())
+            self._history["rounds"][-1]["aggregated"] = reason is None
             if reason:
                 return self._end(reason)
             model = self.update_model(model, self._get_aggregated_result())
@@ -190,6 +191,8 @@ class ConsortiumFedAvg(JobEnd, FedAvg):
 
     def _close_round(self, outcome: RoundOutcome, seconds: float) -> None:
         self._attendance.close(outcome, picked={ct.client.name for ct in self._round_task.client_tasks})
+        for site in self._history.get("refused", {}):  # a refusing site is not lost: it still validates at the end
+            self._attendance.seen(site)
         for site, reason in outcome.dropped.items():
             if reason in self._history.get("errors", {}).get(site, "") or reason.startswith("refused: "):
                 continue  # the site's own error text was logged when it came
@@ -198,7 +201,7 @@ class ConsortiumFedAvg(JobEnd, FedAvg):
             {"round": outcome.number, "job": self._job_id(), "seconds": seconds, "sites": self._round_sites}
             | outcome.record()
         )
-        self._history["present"] = self._attendance.present(self.sample_clients())
+        self._history["present"] = self._attendance.present([c.name for c in self.engine.get_clients()])
         dice = ", ".join(
             f"{s} {m[C.METRIC_SCORE]:.3f}" for s, m in sorted(self._round_sites.items()) if C.METRIC_SCORE in m
         )
@@ -224,6 +227,8 @@ class ConsortiumFedAvg(JobEnd, FedAvg):
         if refusal:
             self.error(f"{C.SITE_ERROR_MARKER} {site} refused to train (dropped from the remaining rounds): {refusal}")
             self._history.setdefault("refused", {})[site] = {"round": self.current_round, "reason": refusal}
+            remaining = ", ".join(self.sample_clients()) or "no site"
+            self.info(f"[progress] {site} dropped; training goes on with {remaining}")
         elif message:
             self.error(f"{C.SITE_ERROR_MARKER} {site}: {message}")
             self._history.setdefault("errors", {})[site] = message
