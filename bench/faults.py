@@ -12,21 +12,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import psutil
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests/ helpers: the tiny generated hospitals
 
 from consortium.config import load_site_configs  # noqa: E402
 from consortium.data.synth import generate_site  # noqa: E402
-from consortium.deploy.poc import PocPaths, kit_processes, nvflare_env, read_state  # noqa: E402
+from consortium.deploy.poc import PocPaths, kill_kit, read_state, start_kit  # noqa: E402
 from tests.conftest import TINY_A, TINY_B, write_site_configs  # noqa: E402
 from tests.system.conftest import write_consortium  # noqa: E402
 
@@ -67,17 +64,10 @@ class Consortium:
             time.sleep(0.5)
 
     def kill(self, name: str) -> None:
-        procs = kit_processes(self.paths, self.kit(name))
-        for proc in procs:
-            proc.send_signal(signal.SIGKILL)
-        psutil.wait_procs(procs, timeout=30)
-        for pid_file in ("daemon_pid.fl", "pid.fl"):  # left by the crash; a start script refuses to run beside them
-            (self.kit(name) / pid_file).unlink(missing_ok=True)
+        kill_kit(self.paths, self.kit(name))
 
     def restart(self, name: str) -> None:
-        kit = self.kit(name)
-        start = ["bash", str(kit / "startup" / "start.sh")]
-        subprocess.run(start, cwd=kit, env=nvflare_env(self.paths), start_new_session=True, check=True)
+        start_kit(self.paths, self.kit(name))
 
     def wait_done(self, job: str) -> tuple[str, dict]:
         """The finished job's status and its downloaded metrics.json."""
@@ -106,17 +96,14 @@ def run_faults(args) -> list[dict]:
         c = Consortium(Path(tmp))
         c("poc", "up")
         try:
-            start = time.time()
-            job = submit(c, args, "--no-wait")
-            status, history = c.wait_done(job)
-            rows.append(row("none", status, history, time.time() - start))
-
-            start = time.time()
-            job = submit(c, args, "--no-wait")
-            c.history(job, 2)
-            c.kill("site-c")
-            status, history = c.wait_done(job)
-            rows.append(row("site-c killed after round 2", status, history, time.time() - start))
+            for name, fault in (("none", None), ("site-c killed after round 2", "site-c")):
+                start = time.time()
+                job = submit(c, args, "--no-wait")
+                if fault:
+                    c.history(job, 2)
+                    c.kill(fault)
+                status, history = c.wait_done(job)
+                rows.append(row(name, status, history, time.time() - start))
 
             start = time.time()
             job = submit(c, args, "--no-wait")

@@ -143,9 +143,6 @@ def read_yaml_mapping(path: Path) -> dict:
     return raw
 
 
-_read_yaml = read_yaml_mapping
-
-
 def _positive(kind):
     def conv(value):
         value = kind(value)
@@ -304,12 +301,12 @@ def load_site_configs(config_dir: str | Path) -> dict[str, SiteConfig]:
     if not config_dir.is_dir():
         raise ConfigError(f"site config folder {config_dir} does not exist; point --site-configs at it")
     defaults_path = config_dir / DEFAULTS_FILE
-    defaults = _read_yaml(defaults_path) if defaults_path.exists() else {}
+    defaults = read_yaml_mapping(defaults_path) if defaults_path.exists() else {}
     sites: dict[str, SiteConfig] = {}
     for path in sorted(config_dir.glob("*.y*ml")):
         if path.name.startswith("_"):
             continue
-        cfg = parse_site_config(_merge(defaults, _read_yaml(path)), path)
+        cfg = parse_site_config(_merge(defaults, read_yaml_mapping(path)), path)
         if cfg.name in sites:
             raise ConfigError(f"{path}: site '{cfg.name}' is also defined in {sites[cfg.name].source}")
         sites[cfg.name] = cfg

@@ -4,17 +4,14 @@ killed and restarted from its kit, then resumed; `poc down` stops what was resta
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from consortium.config import load_site_configs
 from consortium.data.synth import generate_site
-from consortium.deploy.poc import PocPaths, kit_processes, nvflare_env, read_state
+from consortium.deploy.poc import PocPaths, kill_kit, kit_processes, read_state, start_kit
 from tests.conftest import TINY_A, TINY_B, write_site_configs
 from tests.system.conftest import cli_runner
 
@@ -57,13 +54,7 @@ def server_history(cli, job_id: str, *, rounds: int, timeout: float = 300) -> di
 
 def kill(cli, name: str) -> int:
     """SIGKILL every process started from one kit (by PID, found by the kit's folder)."""
-    procs = kit_processes(cli.paths, kit(cli, name))
-    for p in procs:
-        p.send_signal(signal.SIGKILL)
-    psutil.wait_procs(procs, timeout=30)
-    for pid_file in ("daemon_pid.fl", "pid.fl"):  # left by the crash; their PIDs may be another process's by now
-        (kit(cli, name) / pid_file).unlink(missing_ok=True)
-    return len(procs)
+    return kill_kit(cli.paths, kit(cli, name))
 
 
 def wait_finished(cli, job_id: str, timeout: float = 400) -> str:
@@ -107,13 +98,11 @@ def test_a_site_killed_mid_round_then_the_server_restarted_and_resumed(cli3):
     assert "site-c: round" in status and "dropped from this round" in status
 
     # -- the server killed after round 2 and started again from its kit; the job resumes from round 3
-    env = nvflare_env(cli3.paths)
-    server_kit = kit(cli3, "localhost")
     sub = cli3("submit", "fedavg", "--rounds", "4", "--round-timeout", "15", "--no-wait")
     job = submitted_id(sub)
     server_history(cli3, job, rounds=2)
     kill(cli3, "localhost")
-    subprocess.run(["bash", str(server_kit / "startup" / "start.sh")], cwd=server_kit, env=env, start_new_session=True)
+    start_kit(cli3.paths, kit(cli3, "localhost"))
     deadline = time.time() + 120
     status = ""
     while "site-a, site-b" not in status and time.time() < deadline:

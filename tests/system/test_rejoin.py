@@ -3,13 +3,13 @@
 import json
 import os
 import re
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from consortium.deploy import poc
 from consortium.deploy.admin import session
 from consortium.deploy.poc import PocPaths, kill_group, read_state
 
@@ -36,16 +36,10 @@ def kit_processes(kit: Path) -> dict[int, int]:
     return found
 
 
-def kill_kit(kit: Path) -> None:
+def kill_kit(paths: PocPaths, kit: Path) -> None:
     """SIGKILL every process of one kit (its respawn loop included) by PID, as a crash or power cut would."""
-    for pid in kit_processes(kit):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    poc.kill_kit(paths, kit)
     wait_for(lambda: not kit_processes(kit), f"processes of {kit.name} to end", timeout=60)
-    for pid_file in ("daemon_pid.fl", "pid.fl"):  # left by the crash; their PIDs may be another process's by now
-        (kit / pid_file).unlink(missing_ok=True)
 
 
 def start_kit(kit: Path, env: dict) -> int:
@@ -94,7 +88,7 @@ def test_a_restarted_site_rejoins_the_running_job(cli):
         running_log = server / job_id / "log.txt"  # the server's job folder, archived when the job ends
         wait_for(lambda: f"[progress] round 2/{ROUNDS}:" in text(running_log), "round 2 at the server")
 
-        kill_kit(site_b)  # the hospital's parent, its job process and its respawn loop: gone mid-job
+        kill_kit(paths, site_b)  # the hospital's parent, its job process and its respawn loop: gone mid-job
         groups.append(start_kit(site_b, cli.env))
         rejoined = f"site-b re-registered during job {job_id}: app redeployed"
         wait_for(lambda: rejoined in text(server / "log.txt"), "the server to redeploy to site-b", timeout=300)

@@ -171,6 +171,30 @@ def stop_processes(procs: list, grace: float = 10.0) -> int:
     return len(alive)
 
 
+def kill_kit(paths: PocPaths, kit: Path) -> int:
+    """SIGKILL every process started from one kit (its respawn loop included), as a crash would, and remove
+    the pid files the crash leaves: the kit's start script refuses to run beside a stale daemon_pid.fl whose
+    PID another process has taken. Returns how many processes were killed."""
+    import psutil
+
+    procs = kit_processes(paths, kit)
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=30)
+    for pid_file in ("daemon_pid.fl", "pid.fl"):
+        (kit / pid_file).unlink(missing_ok=True)
+    return len(procs)
+
+
+def start_kit(paths: PocPaths, kit: Path) -> None:
+    """Start one kit again with its own startup/start.sh, in a session of its own (as an operator would)."""
+    start = ["bash", str(kit / "startup" / "start.sh")]
+    subprocess.run(start, cwd=kit, env=nvflare_env(paths), start_new_session=True, check=True)
+
+
 def down(paths: PocPaths, *, log=print) -> bool:
     """Stop the consortium started from `paths`: FLARE's `poc stop`, then our process group, then any process
     still running from these kits. True if one ran; raises PocError if anything is left running."""

@@ -182,7 +182,7 @@ class SiteTrainer(Executor):
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
         if dp:  # on this site's disk before anything leaves it: a resumed job continues from here
-            ledger.save(self._workspace_root(fl_ctx), fl_ctx.get_job_id(), dp.accountant.history)
+            ledger.save(ledger.site_root(fl_ctx), fl_ctx.get_job_id(), dp.accountant.history)
         check_finite(self.model, result.loss)
         local_dice = self.task.evaluate(self.model, self.val_loader, device=self.device)
         self.local_params = state_to_numpy(self.model)
@@ -234,7 +234,7 @@ class SiteTrainer(Executor):
             dp = SiteDPSGD(
                 self._dp_settings, model=self.model, train_loader=self.train_loader, batch_size=self.batch_size
             )
-            prior = ledger.load_prior(self._workspace_root(fl_ctx), list(incoming.meta.get(C.META_RUN_CHAIN) or []))
+            prior = ledger.load_prior(ledger.site_root(fl_ctx), list(incoming.meta.get(C.META_RUN_CHAIN) or []))
             if prior:  # a resumed job: what this site spent in the jobs it continues still counts
                 dp.accountant.history = list(prior[1])
                 self.log_info(
@@ -259,10 +259,6 @@ class SiteTrainer(Executor):
             source=source,
         )
         return self._dp
-
-    @staticmethod
-    def _workspace_root(fl_ctx: FLContext) -> str:
-        return fl_ctx.get_engine().get_workspace().get_root_dir()
 
     def _dp_report(self) -> dict:
         """DP-SGD accounting so far at this site in this job (empty without DP-SGD)."""

@@ -12,7 +12,7 @@ import math
 import numpy as np
 from nvflare.apis.dxo import DataKind, MetaKey, from_shareable
 from nvflare.apis.filter import Filter
-from nvflare.apis.fl_constant import FLContextKey, ReturnCode
+from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 
@@ -147,10 +147,7 @@ class GaussianUpdateFilter(Filter):
                 )
             dxo.data = dict(self._released)
             return dxo.update_shareable(shareable)
-        workspace = fl_ctx.get_prop(FLContextKey.WORKSPACE_OBJECT)
-        if workspace is None:
-            raise ValueError("GaussianUpdateFilter: no site workspace in the FLARE context for its privacy ledger")
-        root = workspace.get_root_dir()
+        root = ledger.site_root(fl_ctx)
         chain = [j + LEDGER_SUFFIX for j in (fl_ctx.get_prop(CTX_RUN_CHAIN) or [fl_ctx.get_job_id()])]
         if not self.accountant.history:  # a resumed job, or this site restarted: what was spent still counts
             prior = ledger.load_prior(root, chain)

@@ -5,10 +5,20 @@ from __future__ import annotations
 import json
 import os
 
+from consortium import constants as C
+
+
+def site_root(fl_ctx) -> str:
+    """The site's workspace root, where its ledgers live (outside every job folder)."""
+    from nvflare.apis.fl_constant import FLContextKey
+
+    workspace = fl_ctx.get_prop(FLContextKey.WORKSPACE_OBJECT)
+    if workspace is None:
+        raise ValueError("no site workspace in the FLARE context for the privacy ledger")
+    return workspace.get_root_dir()
+
 
 def _path(root: str, job_id: str) -> str:
-    from consortium import constants as C
-
     return os.path.join(root, C.PRIVACY_LEDGER_FOLDER, f"{job_id}.json")
 
 

@@ -34,11 +34,18 @@ def load(workspace, job_id: str) -> dict:
             "workspace was removed); submit the job again without --resume"
         )
     state = torch.load(path, weights_only=False, map_location="cpu")
-    history_path = os.path.join(run_dir, C.METRICS_FILE)
-    with open(history_path) as f:
-        history = json.load(f)
+    history = read_history(run_dir)
     history["rounds"] = [r for r in history.get("rounds", []) if r["round"] <= state["round"]]
     return {"round": int(state["round"]), "params": state["params"], "history": history}
+
+
+def read_history(run_dir: str) -> dict:
+    """The run record (metrics.json) the workflow writes in its run directory; {} before the first write."""
+    path = os.path.join(run_dir, C.METRICS_FILE)
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
 
 
 def continued_history(old: dict, new: dict, job_id: str) -> dict:

@@ -12,6 +12,7 @@ from nvflare.app_common.workflows.cross_site_eval import CrossSiteEval
 
 from consortium import constants as C
 from consortium.he.ckks import PAYLOAD_KEY
+from consortium.workflows.checkpoint import read_history
 
 
 class GlobalModelFile(ModelPersistor):
@@ -58,7 +59,7 @@ class ConsortiumCrossSiteEval(CrossSiteEval):
     def run(self) -> None:
         """Evaluate among the sites that were present at the end of training (recorded by ConsortiumFedAvg):
         a site lost during training would hold every task to its timeout."""
-        present = _read_history(self.get_run_dir()).get("present")
+        present = read_history(self.get_run_dir()).get("present")
         if present is not None:
             left_out = sorted(set(self._participating_clients) - set(present))
             if left_out:
@@ -83,18 +84,10 @@ class ConsortiumCrossSiteEval(CrossSiteEval):
         with open(os.path.join(run_dir, C.CROSS_SITE_FILE), "w") as f:
             json.dump(matrix, f, indent=1)
         path = os.path.join(run_dir, C.METRICS_FILE)
-        history = _read_history(run_dir)
+        history = read_history(run_dir)
         history["cross_site"] = matrix
         with open(path, "w") as f:
             json.dump(history, f, indent=1, default=float)
         for m in models:
             shown = ", ".join(f"{s} {v:.3f}" for s, v in sorted(matrix["scores"][m].items()) if v is not None)
             self.info(f"[progress] cross-site: {m} model on each site's data: {shown}")
-
-
-def _read_history(run_dir: str) -> dict:
-    path = os.path.join(run_dir, C.METRICS_FILE)
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
