@@ -312,17 +312,15 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(fn=cmd_simulate_worker)
 
     from consortium.deploy.commands import (
-        cmd_abort,
         cmd_demo,
-        cmd_download,
         cmd_kit_verify,
         cmd_logs,
         cmd_poc_down,
         cmd_poc_up,
         cmd_provision,
         cmd_status,
-        cmd_submit,
     )
+    from consortium.deploy.job_commands import cmd_abort, cmd_download, cmd_submit
 
     sub.add_parser("provision", help="write project.yml and signed startup kits").set_defaults(fn=cmd_provision)
     kit = sub.add_parser("kit", help="startup kit checks").add_subparsers(dest="action", required=True)

@@ -8,7 +8,7 @@ import os
 import time
 
 import torch
-from nvflare.apis.fl_constant import FLContextKey, FLMetaKey
+from nvflare.apis.fl_constant import FLContextKey
 from nvflare.apis.job_def import JobMetaKey
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.app_constant import AppConstants
@@ -21,13 +21,14 @@ from consortium.he.ckks import PAYLOAD_KEY
 from consortium.tasks import get_task, state_to_numpy
 from consortium.workflows import checkpoint
 from consortium.workflows.ending import JobEnd
+from consortium.workflows.results import SiteResults
 from consortium.workflows.rounds import Attendance, RoundOutcome, too_few
 
 # seconds a site may take to start its job process and load its data before it takes the job's first task
 START_GRACE = 300
 
 
-class ConsortiumFedAvg(JobEnd, FedAvg):
+class ConsortiumFedAvg(SiteResults, JobEnd, FedAvg):
     """FedAvg (ModelController) whose rounds end when every present site has answered or after
     `round_timeout` seconds, whichever comes first. Sites that fail, time out or send an unusable update are
     dropped from that round (reason recorded); the round aggregates the rest with their own weights, and the
@@ -216,44 +217,6 @@ class ConsortiumFedAvg(JobEnd, FedAvg):
         self._write_history()
         self.info(f"[progress] {reason}")
         self.panic(reason)
-
-    # -- results ----------------------------------------------------------------------------------------
-    def _process_result(self, client_task, fl_ctx) -> None:
-        """Record a site's own error text or privacy refusal (the site is dropped from the round; a refusing
-        site also from the rest of the job), and log it where the admin API can read it."""
-        site, result = client_task.client.name, client_task.result
-        refusal = result.get_header(C.HEADER_SITE_REFUSED) if result is not None else None
-        message = result.get_header(C.HEADER_SITE_ERROR) if result is not None else None
-        if refusal:
-            self.error(f"{C.SITE_ERROR_MARKER} {site} refused to train (dropped from the remaining rounds): {refusal}")
-            self._history.setdefault("refused", {})[site] = {"round": self.current_round, "reason": refusal}
-            remaining = ", ".join(self.sample_clients()) or "no site"
-            self.info(f"[progress] {site} dropped; training goes on with {remaining}")
-        elif message:
-            self.error(f"{C.SITE_ERROR_MARKER} {site}: {message}")
-            self._history.setdefault("errors", {})[site] = message
-        if (refusal or message) and self._outcome is not None:
-            self._outcome.drop(site, f"refused: {refusal}" if refusal else message)
-        super()._process_result(client_task, fl_ctx)
-
-    def process_result_of_unknown_task(self, client, task_name, client_task_id, result, fl_ctx) -> None:
-        """A result that came after its round closed is not aggregated, but its site is awaited again."""
-        self.info(f"{client.name}: result of task '{task_name}' came after its round closed; not aggregated")
-        self._attendance.seen(client.name)
-
-    def _aggregate_one_result(self, result: FLModel) -> bool:
-        site = (result.meta or {}).get("client_name", "?")
-        try:
-            self.aggregator.accept_model(result)
-        except (ValueError, TypeError, KeyError) as exc:  # a malformed update: refused, never a crash
-            self._outcome.drop(site, f"update refused by the server: {exc}")
-            return False
-        entry = dict(result.metrics or {})
-        entry["weight"] = (result.meta or {}).get(FLMetaKey.NUM_STEPS_CURRENT_ROUND)  # aggregation weight (`weighting`)
-        self._round_sites[site] = entry
-        self._outcome.contribute(site)
-        self._received_count += 1
-        return True
 
     def _write_history(self) -> None:
         path = os.path.join(self.get_run_dir(), C.METRICS_FILE)
