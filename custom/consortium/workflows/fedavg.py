@@ -167,10 +167,8 @@ class ConsortiumFedAvg(SiteResults, JobEnd, FedAvg):
                 return False
             taken = {ct.client.name: ct.task_sent_time or round_start for ct in task.client_tasks}
             responded = {ct.client.name for ct in task.client_tasks if ct.result_received_time is not None}
-            waiting, now = (
-                self._attendance.awaited(outcome.targets, picked=set(taken), responded=responded),
-                time.time(),
-            )
+            waiting = self._attendance.awaited(outcome.targets, picked=set(taken), responded=responded)
+            now = time.time()
             for site in list(waiting):
                 if self.get_client_disconnect_time(site) is not None:
                     outcome.drop(site, "disconnected from the server")
