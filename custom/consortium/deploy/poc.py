@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from consortium.config import load_site_configs, require_data_dirs
+from consortium.deploy.processes import kill_kit, kit_processes, stop_processes  # noqa: F401 (part of this API)
 from consortium.deploy.provision import ConsortiumDef, load_consortium, project_dict, write_project
 
 
@@ -132,61 +133,6 @@ def kill_group(pgid: int, grace: float = 10.0) -> None:
 
 def read_state(paths: PocPaths) -> dict | None:
     return json.loads(paths.state.read_text()) if paths.state.exists() else None
-
-
-def kit_processes(paths: PocPaths, under: Path | None = None) -> list:
-    """Live processes started from this workspace's POC kits (or from one folder `under` it), whatever their
-    process group: a server or site restarted by hand from its kit runs outside the group `poc up` started."""
-    import psutil
-
-    folder = str(Path(under or paths.poc).resolve())
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline", "cwd"]):
-        try:
-            words = list(proc.info["cmdline"] or []) + [proc.info["cwd"] or ""]
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        if proc.pid != os.getpid() and any(w == folder or w.startswith(folder + os.sep) for w in words):
-            found.append(proc)
-    return found
-
-
-def stop_processes(procs: list, grace: float = 10.0) -> int:
-    """SIGTERM, then SIGKILL after `grace` s, the given processes (by PID); the number that were alive."""
-    import psutil
-
-    alive = [p for p in procs if p.is_running()]
-    for p in alive:
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, rest = psutil.wait_procs(alive, timeout=grace)
-    for p in rest:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(rest, timeout=5)
-    return len(alive)
-
-
-def kill_kit(paths: PocPaths, kit: Path) -> int:
-    """SIGKILL every process started from one kit (its respawn loop included), as a crash would, and remove
-    the pid files the crash leaves: the kit's start script refuses to run beside a stale daemon_pid.fl whose
-    PID another process has taken. Returns how many processes were killed."""
-    import psutil
-
-    procs = kit_processes(paths, kit)
-    for proc in procs:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=30)
-    for pid_file in ("daemon_pid.fl", "pid.fl"):
-        (kit / pid_file).unlink(missing_ok=True)
-    return len(procs)
 
 
 def start_kit(paths: PocPaths, kit: Path) -> None:
