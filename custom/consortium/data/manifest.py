@@ -62,6 +62,12 @@ def _check_label(path: Path, shape: tuple[int, ...]) -> str | None:
     return None
 
 
+def read_label(record: dict) -> np.ndarray:
+    """The label mask of one manifest record (a dict with at least `label`), as a 2D array in the
+    image's (rows, columns) order. Today: a per-slice .npy; NIfTI and DICOM SEG volumes are added here."""
+    return np.load(record["label"], allow_pickle=False)
+
+
 def read_manifest(cfg: SiteConfig) -> pd.DataFrame:
     path = cfg.manifest_path
     if not cfg.data.dir.is_dir():
