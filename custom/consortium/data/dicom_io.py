@@ -11,6 +11,8 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from consortium.data.codecs import decode_problem, syntax_label
+
 UID_PREFIX = "1.2.826.0.1.3680043.10.1437."  # demo root; generated UIDs are derived from stable strings
 
 
@@ -96,10 +98,14 @@ def check_ct_file(path: Path, modality: str = "CT") -> str | None:
         return f"modality {found!r}, expected {modality!r}"
     if "PixelData" not in ds:
         return "no pixel data"
+    problem = decode_problem(ds)
+    if problem is not None:
+        return problem
     try:
         pixels = ds.pixel_array
     except Exception as exc:
-        return f"pixel data cannot be decoded ({type(exc).__name__}: {exc})"
+        syntax = syntax_label(ds.file_meta.TransferSyntaxUID)
+        return f"pixel data in transfer syntax {syntax} cannot be decoded ({type(exc).__name__}: {exc})"
     if pixels.ndim != 2:
         return f"expected a 2D slice, got pixel array of shape {pixels.shape}"
     return None
