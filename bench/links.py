@@ -2,6 +2,7 @@
 
 Usage (root): python bench/links.py [--job fedavg] [--rounds 5] [--links plain,slow,delay,cuts,poor]
           [--site-configs site_configs] [--rate-mbit 20] [--delay-ms 50] [--jitter-ms 10] [--cut-every 20]
+          [--round-timeout 240]
 Generates the hospitals' data if missing, then runs `consortium netlab run` in a temporary workspace (own
 HOME): real kits, each host in its own namespace, one fresh start per link condition. Prints the table:
 link condition, rounds, seconds per round (mean of rounds 2..n), round 1, job seconds, cuts, status.
@@ -31,6 +32,7 @@ def main() -> int:
     parser.add_argument("--jitter-ms", default="10")
     parser.add_argument("--cut-every", default="20")
     parser.add_argument("--timeout", default="1200", help="seconds allowed per job")
+    parser.add_argument("--round-timeout", default="240", help="the job's round_timeout (s); poor links need minutes")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench/links.py needs root: it builds network namespaces", file=sys.stderr)
@@ -45,7 +47,7 @@ def main() -> int:
     subprocess.run([*cli, "data", "synth"], env=env, check=True, stdout=subprocess.DEVNULL)
     run = ["netlab", "run", "--job", args.job, "--rounds", str(args.rounds), "--links", args.links]
     run += ["--rate-mbit", args.rate_mbit, "--delay-ms", args.delay_ms, "--jitter-ms", args.jitter_ms]
-    run += ["--cut-every", args.cut_every, "--timeout", args.timeout]
+    run += ["--cut-every", args.cut_every, "--timeout", args.timeout, "--round-timeout", args.round_timeout]
     start = time.perf_counter()
     proc = subprocess.run([*cli, *run], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out = proc.stdout

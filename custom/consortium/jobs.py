@@ -13,6 +13,12 @@ from consortium.config import ConfigError, read_yaml_mapping
 JOB_FILE = "job.yaml"
 TASK_REQUEST_INTERVAL = 0.2  # seconds between an idle site's task requests
 TASK_CHECK_PERIOD = 0.1  # seconds between the server workflow's checks for results
+# Seconds a site waits for the server's reply once its result is sent (FLARE's default: its communication
+# timeout, 300 s). Over a link that is cut now and then, the result can arrive while the reply is lost; the
+# site then sat out the final validation and cross-site evaluation waiting for it. After this wait FLARE
+# asks the server whether the task is still open, and sends again only if it is. Sending itself is not
+# limited by this: FLARE counts it as idle time, reset by every chunk that moves.
+SUBMIT_RESULT_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -269,6 +275,7 @@ def build_job(spec: JobSpec, *, stream_logs: bool = True, resume_from: str = "")
         server_momentum=spec.server_momentum,
     )
     job.to_clients(trainer, tasks=[C.TASK_TRAIN, C.TASK_VALIDATE, C.TASK_SUBMIT_MODEL])
+    job.to_clients({"submit_task_result_timeout": SUBMIT_RESULT_TIMEOUT})  # a variable of the client app config
     # Stream each site's job log to the server, so `consortium logs/status` show a site's own errors.
     if stream_logs:
         job.to_clients(JobLogStreamer(), id="log_streamer")

@@ -158,8 +158,9 @@ def test_a_job_runs_across_separate_hosts(cli):
 @pytest.mark.slow
 def test_a_job_completes_over_poor_links(cli):
     try:
-        run = cli("netlab", "run", "--rounds", "2", "--links", "slow,delay,cuts,poor", "--cut-every", "10",
-                  check=False, timeout=3600)  # fmt: skip
+        # cuts every ~5 s of transfer, and a round timeout a consortium on such links would set
+        run = cli("netlab", "run", "--rounds", "2", "--links", "slow,delay,cuts,poor", "--cut-every", "5",
+                  "--round-timeout", "240", check=False, timeout=3600)  # fmt: skip
     finally:
         cli("netlab", "down", check=False)
     out = run.stdout

@@ -23,6 +23,8 @@ def test_repository_jobs_load_and_export_clean(tmp_path):
         paths = [server["workflows"][0]["path"], client["executors"][0]["executor"]["path"]]
         assert all(p.startswith("consortium.") for p in paths)
         assert client["executors"][0]["executor"]["args"]["lr"] == load_job_spec(name, REPO / "jobs").lr
+        # a site whose result arrived but whose reply was lost on a cut link asks again after 30 s, not 300 s
+        assert client["submit_task_result_timeout"] == 30.0
 
 
 def test_variant_states_only_differences(tmp_path):

@@ -95,3 +95,7 @@ def test_kits_drop_a_silent_site_after_the_heartbeat_timeout_and_admins_log_in_f
         assert "consortium.deploy.rejoin.RejoinRunningJobs" in [c["path"] for c in resources["components"]]
     admin = json.loads((prod / "admin@consortium.org" / "startup" / "fed_admin.json").read_text())
     assert admin["admin"]["authenticate_msg_timeout"] == 1.0
+    # reliable streaming in the server's and every hospital's kit: a cut link resends chunks, not whole rounds
+    for participant in [defn.server_name, *sites]:
+        comm = json.loads((prod / participant / "local" / "comm_config.json").read_text())
+        assert comm["streaming_reliable"] is True and comm["streaming_read_timeout"] < 300

@@ -89,6 +89,24 @@ def _fast_admin_login(path: str) -> None:
     _write_json(path, config)
 
 
+# FLARE's message streaming (every model up- and download) loses the chunks in flight when a connection drops:
+# the receiver then waits streaming_read_timeout (300 s) for them, and the round times the site out (seen on a
+# 20 Mbit/s link cut mid-upload). Reliable streaming keeps unacknowledged chunks and resends them over the
+# reconnected link for up to streaming_retry_timeout seconds; a stream that still fails is noticed after
+# streaming_read_timeout and the site resends its whole result.
+COMM_CONFIG = {
+    "streaming_reliable": True,
+    "streaming_retry_wait": 2.0,
+    "streaming_retry_timeout": 120.0,
+    "streaming_read_timeout": 120,
+    "streaming_ack_wait": 120,
+}
+
+
+def _write_comm_config(local: str) -> None:
+    _write_json(os.path.join(local, "comm_config.json"), COMM_CONFIG)
+
+
 def _write_json(path: str, data: dict) -> None:
     with open(path, "w") as f:
         json.dump(data, f, indent=2)
@@ -123,7 +141,8 @@ REJOIN_COMPONENT = {"id": "rejoin_running_jobs", "path": "consortium.deploy.rejo
 
 def write_server_local(local: str, *, storage_root: str, heartbeat_timeout: int) -> dict:
     """The server kit's local/resources.json (and .default): the allow-list with `consortium.`, job storage
-    inside the consortium workspace, and the heartbeat timeout after which a silent site is dropped."""
+    inside the consortium workspace, the heartbeat timeout after which a silent site is dropped, and reliable
+    streaming (comm_config.json)."""
     resources = _resources(local)
     _server_storage(resources, storage_root)
     # FLARE drops a silent site after this many seconds (its default 600): until then a finished job whose
@@ -136,14 +155,17 @@ def write_server_local(local: str, *, storage_root: str, heartbeat_timeout: int)
     resources["components"] = components + [dict(REJOIN_COMPONENT)]
     for name in ("resources.json", "resources.json.default"):  # `poc prepare` rewrites the first from the second
         _write_json(os.path.join(local, name), resources)
+    _write_comm_config(local)
     return resources
 
 
 def write_site_local(local: str, cfg: SiteConfig) -> None:
-    """A hospital kit's local/: resources (allow-list), authorization and privacy policies, its site config."""
+    """A hospital kit's local/: resources (allow-list), authorization and privacy policies, reliable streaming,
+    its site config."""
     _write_json(os.path.join(local, "resources.json"), _resources(local))
     _write_json(os.path.join(local, "authorization.json"), authorization_policy(cfg))
     _write_json(os.path.join(local, "privacy.json"), privacy_policy(cfg))
+    _write_comm_config(local)
     folder = os.path.join(local, C.KIT_SITE_CONFIG_FOLDER)
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, f"{cfg.name}.yaml"), "w") as f:
