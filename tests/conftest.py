@@ -48,15 +48,21 @@ synthetic:
 """
 
 
-def make_sites(folder: Path, *, size: int, patients: int | None = None, slices: int = 2) -> dict:
-    """Write the two tiny hospitals' configs and generate their data; returns {name: SiteConfig}."""
+def make_sites(folder: Path, *, size: int, patients: int | None = None, slices: int = 2, layouts=None) -> dict:
+    """Write the two tiny hospitals' configs and generate their data; returns {name: SiteConfig}.
+
+    `layouts`: {site: "slices" | "pacs"}; by default site-b is a PACS-like export (multi-slice series in
+    patient/study/series folders, some compressed, mixed sizes and spacings, NIfTI and DICOM SEG labels,
+    localizers and one misfit label the index skips) indexed by `data index`, so every test that trains
+    on the tiny sites also runs the real-hospital data path."""
+    layouts = {"site-b": "pacs"} if layouts is None else layouts
     from consortium.data.synth import generate_site
 
     bodies = {"site-a": TINY_A, "site-b": TINY_B}
     bodies = {k: v.replace("  patients:", f"  slices_per_patient: {slices}\n  patients:") for k, v in bodies.items()}
     sites = load_site_configs(write_site_configs(folder, bodies))
     for cfg in sites.values():
-        generate_site(cfg, seed=0, size=size, patients=patients)
+        generate_site(cfg, seed=0, size=size, patients=patients, layout=layouts.get(cfg.name, "slices"))
     return sites
 
 

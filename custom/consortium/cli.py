@@ -34,43 +34,6 @@ def _sites(args) -> dict:
     return sites
 
 
-def cmd_data_synth(args) -> int:
-    from consortium.data.synth import generate_site
-
-    for name, cfg in _sites(args).items():
-        if cfg.synthetic is None:
-            print(f"{name}: uses its own data at {cfg.data.dir} (no 'synthetic' section), skipped")
-            continue
-        if cfg.manifest_path.exists() and not args.force:
-            print(f"{name}: {cfg.manifest_path} exists, kept (use --force to regenerate)")
-            continue
-        if cfg.data.dir.exists():
-            shutil.rmtree(cfg.data.dir)
-        start = time.perf_counter()
-        df = generate_site(cfg, seed=args.seed, size=args.size, patients=args.patients)
-        counts = df.split.value_counts().to_dict()
-        print(
-            f"{name}: {df.patient_id.nunique()} patients, {len(df)} DICOM slices "
-            f"({counts.get('train', 0)} train / {counts.get('val', 0)} val) -> {cfg.data.dir} "
-            f"[{time.perf_counter() - start:.1f} s]"
-        )
-    return 0
-
-
-def cmd_data_check(args) -> int:
-    from consortium.data.manifest import DataError, load_records
-
-    failed = 0
-    for cfg in _sites(args).values():
-        try:
-            _, report = load_records(cfg)
-            print(report.summary())
-        except DataError as exc:
-            failed += 1
-            print(f"ERROR {exc}", file=sys.stderr)
-    return 1 if failed else 0
-
-
 def cmd_job_list(args) -> int:
     from consortium.jobs import available_jobs, load_job_spec
 
@@ -277,17 +240,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin", help="admin user name of --admin-kit (default: the kit folder's name)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    data = sub.add_parser("data", help="generate or check hospital data").add_subparsers(dest="action", required=True)
-    synth = data.add_parser("synth", help="write generated DICOM cohorts for sites with a 'synthetic' profile")
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--size", type=int, default=64, help="image size in pixels (default 64)")
-    synth.add_argument("--patients", type=int, default=None, help="override every site's patient count")
-    synth.add_argument("--sites", help="comma-separated subset of sites")
-    synth.add_argument("--force", action="store_true", help="regenerate even if a manifest exists")
-    synth.set_defaults(fn=cmd_data_synth)
-    check = data.add_parser("check", help="check every file of every site and report what would be skipped")
-    check.add_argument("--sites", help="comma-separated subset of sites")
-    check.set_defaults(fn=cmd_data_check)
 
     job = sub.add_parser("job", help="list or export job definitions").add_subparsers(dest="action", required=True)
     job.add_parser("list", help="list the jobs in jobs/").set_defaults(fn=cmd_job_list)
@@ -391,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     # commands that live with their own module: each module's register(sub) adds its parsers
     import importlib
 
-    for module in ("consortium.deploy.netlab", "consortium.deploy.distributed"):
+    for module in ("consortium.data.commands", "consortium.deploy.netlab", "consortium.deploy.distributed"):
         importlib.import_module(module).register(sub)
     return p
 
@@ -399,13 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _user_errors() -> tuple:
     """Errors that are the user's to fix: printed as one line. Imported only when one happens, so that
     `consortium` starts without loading torch and pandas."""
+    from consortium.data.index import IndexingError
     from consortium.data.manifest import DataError
     from consortium.deploy.admin import AdminError
     from consortium.deploy.poc import PocError
     from consortium.deploy.provision import ProvisionError
     from consortium.he.contexts import HEContextError
 
-    return ConfigError, DataError, PocError, AdminError, ProvisionError, HEContextError
+    return ConfigError, DataError, IndexingError, PocError, AdminError, ProvisionError, HEContextError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,9 @@ class DataConfig:
     dir: Path  # folder holding the manifest and the DICOM files
     manifest: str = "manifest.csv"
     modality: str = "CT"
+    # label value (NIfTI voxel value, DICOM SEG segment number) -> the task's class; values not listed are
+    # refused when indexing; 0 is background
+    label_map: dict = field(default_factory=lambda: {1: 1})
     # tabular tasks (heart): which hospital of the shared CSV, and the CSV (None: the packaged copy)
     center: str | None = None
     csv: Path | None = None
@@ -199,6 +202,17 @@ def _radius(value):
     return (lo, hi)
 
 
+def _label_map(value) -> dict:
+    if not isinstance(value, dict) or not value:
+        raise ValueError("expected a mapping of label value to class, e.g. {1: 1, 2: 1}")
+    out = {}
+    for k, v in value.items():
+        if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in (k, v)):
+            raise ValueError(f"{k!r}: {v!r} is not a non-negative integer label value -> non-negative integer class")
+        out[k] = v
+    return out
+
+
 def parse_site_config(raw: dict, source: Path) -> SiteConfig:
     """Validate one merged site mapping (defaults already applied) into a SiteConfig."""
     raw = dict(raw)
@@ -222,7 +236,7 @@ def parse_site_config(raw: dict, source: Path) -> SiteConfig:
     if data_raw.get("csv"):
         csv = Path(os.path.expanduser(str(data_raw["csv"])))
         data_raw["csv"] = csv if csv.is_absolute() else (source.parent / csv).resolve()
-    data = _build(DataConfig, data_raw, source, "data")
+    data = _build(DataConfig, data_raw, source, "data", {"label_map": _label_map})
     resources = _build(ResourceConfig, raw.get("resources") or {}, source, "resources", {"num_threads": _positive(int)})
     if resources.device not in ("cpu", "cuda") and not resources.device.startswith("cuda:"):
         raise _fail(source, "resources.device", f"{resources.device!r} unknown", "Use 'cpu', 'cuda' or 'cuda:N'.")
@@ -281,6 +295,8 @@ def site_config_dict(cfg: SiteConfig) -> dict:
     """The resolved config as plain YAML-able data (absolute data path), as a site's kit carries it."""
     out = {"site": cfg.name, "org": cfg.org}
     out["data"] = {"dir": str(cfg.data.dir), "manifest": cfg.data.manifest, "modality": cfg.data.modality}
+    if cfg.data.label_map != {1: 1}:
+        out["data"]["label_map"] = dict(cfg.data.label_map)
     if cfg.data.center is not None:
         out["data"]["center"] = cfg.data.center
     if cfg.data.csv is not None:

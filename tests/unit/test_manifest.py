@@ -50,7 +50,7 @@ def test_bad_files_are_skipped_and_reported(tiny_sites):
 
 
 def test_no_usable_data_names_folder(tiny_sites):
-    cfg = tiny_sites["site-b"]
+    cfg = tiny_sites["site-a"]
     for p in cfg.data.dir.glob("images/*/*.dcm"):
         p.write_bytes(b"garbage")
     with pytest.raises(DataError) as err:

@@ -33,6 +33,11 @@ class SliceMeta:
     pixel_spacing_mm: float = 0.8
     slice_thickness_mm: float = 2.5
     signed_storage: bool = False  # False: uint16 + intercept -1024; True: int16 + intercept 0
+    position: tuple[float, float, float] | None = None  # ImagePositionPatient; None: z = instance x thickness
+    orientation: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # ImageOrientationPatient (axial)
+    series_number: int = 1
+    series_description: str = "AXIAL"
+    manufacturer_model: str = "CT-1"
 
 
 def write_ct_slice(path: Path, hu: np.ndarray, meta: SliceMeta) -> None:
@@ -50,14 +55,23 @@ def write_ct_slice(path: Path, hu: np.ndarray, meta: SliceMeta) -> None:
     ds.FrameOfReferenceUID = stable_uid(meta.series_uid, "frame")
     ds.PatientID = meta.patient_id
     ds.PatientName = f"Anon^{meta.patient_id}"
+    ds.PatientBirthDate = ""  # type 2 attributes: present, may be empty (DICOM SEG writers require them)
+    ds.PatientSex = ""
+    ds.ReferringPhysicianName = ""
+    ds.AccessionNumber = ""
+    ds.StudyID = "1"
+    ds.StudyTime = "120000"
     ds.Modality = "CT"
     ds.Manufacturer = meta.manufacturer
     ds.InstitutionName = meta.institution
     ds.StudyDate = "20260101"
-    ds.SeriesNumber = 1
+    ds.ManufacturerModelName = meta.manufacturer_model
+    ds.SeriesNumber = meta.series_number
+    ds.SeriesDescription = meta.series_description
     ds.InstanceNumber = meta.instance_number
-    ds.ImagePositionPatient = [0.0, 0.0, float(meta.instance_number) * meta.slice_thickness_mm]
-    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    position = meta.position or (0.0, 0.0, float(meta.instance_number) * meta.slice_thickness_mm)
+    ds.ImagePositionPatient = [float(v) for v in position]
+    ds.ImageOrientationPatient = [float(v) for v in meta.orientation]
     ds.SliceThickness = meta.slice_thickness_mm
     ds.PixelSpacing = [meta.pixel_spacing_mm, meta.pixel_spacing_mm]
     ds.SamplesPerPixel = 1

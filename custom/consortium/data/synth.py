@@ -74,8 +74,15 @@ def site_seed(seed: int, site: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(site.encode())) % (2**32)
 
 
-def generate_site(cfg: SiteConfig, *, seed: int = 0, size: int = 64, patients: int | None = None) -> pd.DataFrame:
-    """Write one hospital's DICOM slices, label masks and manifest; return the manifest."""
+def generate_site(
+    cfg: SiteConfig, *, seed: int = 0, size: int = 64, patients: int | None = None, layout: str = "slices"
+) -> pd.DataFrame:
+    """Write one hospital's DICOM slices, label masks and manifest; return the manifest.
+
+    layout "slices": one file per slice and a .npy mask each, listed in a manifest written here; "pacs": a
+    PACS-like export with NIfTI and DICOM SEG labels (data/pacs_synth.py), indexed by `data index`."""
+    if layout not in ("slices", "pacs"):
+        raise ValueError(f"layout {layout!r}: use 'slices' or 'pacs'")
     profile = cfg.synthetic
     if profile is None:
         raise ValueError(f"{cfg.source}: site '{cfg.name}' has no 'synthetic' section; it uses its own data")
@@ -86,8 +93,16 @@ def generate_site(cfg: SiteConfig, *, seed: int = 0, size: int = 64, patients: i
     val_ids = set(rng.permutation(n_patients)[:n_val].tolist())
     signed = zlib.crc32(profile.manufacturer.encode()) % 2 == 1  # vendors store pixels differently
     rows = []
+    meta = {"site": cfg.name, "seed": seed, "manufacturer": profile.manufacturer,
+            "institution": profile.institution, "signed": signed}  # fmt: skip
     for p in range(n_patients):
         pid = f"{cfg.name[:1].upper()}{zlib.crc32(cfg.name.encode()) % 1000:03d}-{p:04d}"
+        if layout == "pacs":
+            from consortium.data.pacs_synth import write_patient
+
+            slices = [synth_slice(rng, profile, size) for _ in range(profile.slices_per_patient)]
+            write_patient(out, p, pid, slices, {**meta, "last": p == n_patients - 1 and n_patients > 3})
+            continue
         study = stable_uid(cfg.name, seed, pid, "study")
         series = stable_uid(cfg.name, seed, pid, "series")
         for s in range(profile.slices_per_patient):
@@ -109,6 +124,13 @@ def generate_site(cfg: SiteConfig, *, seed: int = 0, size: int = 64, patients: i
             np.save(out / label, mask)
             split = "val" if p in val_ids else "train"
             rows.append({"patient_id": pid, "image": image.as_posix(), "label": label.as_posix(), "split": split})
+    if layout == "pacs":
+        from consortium.data.index import index_site
+
+        index_site(out / "pacs", out / "labels", site=cfg.name, data_dir=out, manifest=cfg.manifest_path,
+                   modality=cfg.data.modality, label_map=cfg.data.label_map, seed=seed,
+                   val_fraction=profile.val_fraction, progress=lambda _: None)  # fmt: skip
+        return pd.read_csv(cfg.manifest_path, dtype=str, keep_default_na=False)
     manifest = pd.DataFrame(rows)
     manifest.to_csv(cfg.manifest_path, index=False)
     return manifest

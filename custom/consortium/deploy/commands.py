@@ -152,7 +152,7 @@ def cmd_logs(args) -> int:
 
 def cmd_demo(args) -> int:
     """Generate data if missing, bring the consortium up, run the job through the admin API, shut down."""
-    from consortium.cli import cmd_data_synth
+    from consortium.data.commands import cmd_data_synth
     from consortium.deploy import poc
     from consortium.deploy.job_commands import cmd_submit
 

@@ -11,7 +11,7 @@ import warnings
 from typing import Iterable
 
 import torch
-from monai.data import PydicomReader
+from monai.data import MetaTensor, PydicomReader
 from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric
 from monai.networks.nets import UNet
@@ -20,11 +20,14 @@ from monai.transforms import (
     EnsureChannelFirstd,
     EnsureTyped,
     LoadImaged,
+    MapTransform,
     RandFlipd,
     RandRotate90d,
     RandScaleIntensityd,
     RandShiftIntensityd,
+    ResizeWithPadOrCropd,
     ScaleIntensityRanged,
+    Spacingd,
 )
 
 from consortium.tasks.common import TrainResult, train_loop
@@ -36,6 +39,10 @@ logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR
 METRIC_NAME = "Dice"  # what evaluate() returns; reports and progress lines use this name
 HU_WINDOW = (-160.0, 240.0)  # abdominal soft-tissue window
 KEYS = ("image", "label")
+# Every slice is resampled to this pixel spacing (mm; labels by nearest neighbour) before training, so a
+# lesion of 1 cm covers the same pixels at every site whatever its scanner's field of view.
+SPACING_MM = (0.8, 0.8)
+SIZE_MULTIPLE = 8  # the UNet halves the image three times: sizes must be multiples of 8
 
 
 def build_model(
@@ -62,24 +69,63 @@ def build_model(
     return model
 
 
-def make_transforms(train: bool) -> Compose:
-    """Load DICOM (HU, rows x cols) and the .npy mask, window to [0, 1], channel-first; augment if training."""
-    steps = [
+class LoadLabeld(MapTransform):
+    """The record's mask (.npy, NIfTI or DICOM SEG; values mapped by the site's label_map) on the image's
+    grid: it carries the loaded image's affine, so spacing and crop transforms treat both alike."""
+
+    def __init__(self, label_map: dict | None = None):
+        super().__init__(keys="label")
+        self.label_map = label_map
+
+    def __call__(self, data):
+        from consortium.data.labels import read_label
+
+        d = dict(data)
+        image = d["image"]
+        record = {"image": image.meta["filename_or_obj"], "label": d["label"], "label_format": d.get("label_format")}
+        mask = torch.as_tensor(read_label(record, self.label_map).astype("float32"))
+        d["label"] = MetaTensor(mask, meta=dict(image.meta))  # the image's meta, with its affine
+        return d
+
+
+def target_size(sizes_mm: Iterable[tuple[float, float]]) -> tuple[int, int]:
+    """The training size of a site: its most common field of view at SPACING_MM, rounded up to a multiple
+    of SIZE_MULTIPLE. Smaller slices are padded with air, larger ones cropped around the centre."""
+    from collections import Counter
+
+    common = Counter((round(r / SPACING_MM[0]), round(c / SPACING_MM[1])) for r, c in sizes_mm).most_common(1)
+    rows, cols = common[0][0] if common else (64, 64)
+    return tuple(-(-max(n, SIZE_MULTIPLE) // SIZE_MULTIPLE) * SIZE_MULTIPLE for n in (rows, cols))
+
+
+def deterministic_transforms(size: tuple[int, int], label_map: dict | None = None) -> Compose:
+    """Load a slice (HU from RescaleSlope/Intercept, rows x columns, spacing from PixelSpacing) and its mask,
+    resample both to SPACING_MM (bilinear / nearest), window to [0, 1], then pad or crop to `size`."""
+    return Compose([
         # swap_ij=False keeps pydicom's (rows, columns) order, the order masks are stored in.
         LoadImaged(keys="image", reader=PydicomReader(swap_ij=False), image_only=True),
-        LoadImaged(keys="label", reader="NumpyReader", image_only=True),
+        LoadLabeld(label_map),
         EnsureChannelFirstd(keys=KEYS, channel_dim="no_channel"),
+        Spacingd(keys=KEYS, pixdim=SPACING_MM, mode=("bilinear", "nearest")),
         ScaleIntensityRanged(keys="image", a_min=HU_WINDOW[0], a_max=HU_WINDOW[1], b_min=0.0, b_max=1.0, clip=True),
+        ResizeWithPadOrCropd(keys=KEYS, spatial_size=size),  # pads with 0: air after windowing, background
         EnsureTyped(keys=KEYS, dtype=torch.float32, track_meta=False),
-    ]
-    if train:
-        steps += [
-            RandFlipd(keys=KEYS, prob=0.5, spatial_axis=1),
-            RandRotate90d(keys=KEYS, prob=0.5, max_k=3),
-            RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
-            RandShiftIntensityd(keys="image", offsets=0.05, prob=0.5),
-        ]
-    return Compose(steps)
+    ])  # fmt: skip
+
+
+def augmentations() -> Compose:
+    return Compose([
+        RandFlipd(keys=KEYS, prob=0.5, spatial_axis=1),
+        RandRotate90d(keys=KEYS, prob=0.5, max_k=3),
+        RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
+        RandShiftIntensityd(keys="image", offsets=0.05, prob=0.5),
+    ])  # fmt: skip
+
+
+def make_transforms(train: bool, size: tuple[int, int] = (64, 64), label_map: dict | None = None) -> Compose:
+    """The whole chain for one record: deterministic steps, then augmentation if training."""
+    steps = deterministic_transforms(size, label_map)
+    return Compose([steps, augmentations()]) if train else steps
 
 
 def train(
@@ -113,33 +159,65 @@ def evaluate(model: torch.nn.Module, loader, *, device: str = "cpu") -> float:
     return value
 
 
+def _prepare(records: list[dict], steps: Compose, report, split: str) -> list[dict]:
+    """Run the deterministic steps once per record (this is where pixels are decoded); a record that fails
+    is skipped and listed in the report with the reason, never ends the round."""
+    out = []
+    for record in records:
+        try:
+            out.append(steps(record))
+        except Exception as exc:  # MONAI wraps the reader's error; its first line names the cause
+            cause = exc.__cause__ or exc
+            report.skipped.append((record["image"], f"cannot be loaded ({type(cause).__name__}: {cause})"))
+            report.usable[split] -= 1
+    return out
+
+
+def _site_size(report) -> tuple[int, int]:
+    sizes_mm = []
+    for (rows, cols), n in report.sizes.items():
+        spacing = report.spacings.most_common(1)[0][0] if report.spacings else SPACING_MM
+        sizes_mm += [(rows * spacing[0], cols * spacing[1])] * n
+    return target_size(sizes_mm)
+
+
 def make_loaders(cfg, *, batch_size: int = 8, seed: int = 0, num_workers: int = 0):
-    """A site's (train_loader, val_loader, DataReport) from its checked manifest; deterministic steps cached."""
-    from monai.data import CacheDataset, DataLoader
+    """A site's (train_loader, val_loader, DataReport) from its checked manifest: slices resampled to
+    SPACING_MM and padded or cropped to the site's size (target_size); deterministic steps run once.
+    A site without validation patients validates on its training slices (the report warns)."""
+    from monai.data import DataLoader, Dataset
 
     from consortium.data.manifest import load_records
 
-    records, report = load_records(cfg)
+    records, report = load_records(cfg, decode=False)
+    size = _site_size(report)
+    steps = deterministic_transforms(size, cfg.data.label_map)
+    prepared = {split: _prepare(recs, steps, report, split) for split, recs in records.items()}
+    if not prepared["train"]:
+        from consortium.data.manifest import DataError
+
+        raise DataError(f"site '{cfg.name}': no train slice could be loaded.\n{report.summary()}")
+    if not prepared["val"]:
+        prepared["val"] = list(prepared["train"])
     generator = torch.Generator().manual_seed(seed)
-    train_tf = make_transforms(train=True)
-    train_tf.set_random_state(seed=seed)
-    train_ds = CacheDataset(records["train"], train_tf, progress=False)
-    val_ds = CacheDataset(records["val"], make_transforms(train=False), progress=False)
+    augment = augmentations()
+    augment.set_random_state(seed=seed)
     train_loader = DataLoader(
-        train_ds, batch_size=batch_size, shuffle=True, num_workers=num_workers, generator=generator
-    )
-    val_loader = DataLoader(val_ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+        Dataset(prepared["train"], augment), batch_size=batch_size, shuffle=True, num_workers=num_workers,
+        generator=generator,
+    )  # fmt: skip
+    val_loader = DataLoader(Dataset(prepared["val"]), batch_size=batch_size, shuffle=False, num_workers=num_workers)
     return train_loader, val_loader, report
 
 
 def make_test_loader(cfg, *, batch_size: int = 32):
     """Every usable slice of a site's manifest (train and val splits alike), without augmentation: for a
     held-out cohort that no model trained on, such as the benchmark's generated test patients."""
-    from monai.data import CacheDataset, DataLoader
+    from monai.data import DataLoader, Dataset
 
     from consortium.data.manifest import load_records
 
-    records, _ = load_records(cfg)
-    # cached: every model of a benchmark is scored on it, and its transforms are all deterministic
-    dataset = CacheDataset(records["train"] + records["val"], make_transforms(train=False), progress=False)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    records, report = load_records(cfg, decode=False)
+    steps = deterministic_transforms(_site_size(report), cfg.data.label_map)
+    data = _prepare(records["train"], steps, report, "train") + _prepare(records["val"], steps, report, "val")
+    return DataLoader(Dataset(data), batch_size=batch_size, shuffle=False)
