@@ -15,6 +15,7 @@ from pathlib import Path
 
 from consortium import constants as C
 from consortium.config import ConfigError, load_site_configs, require_data_dirs
+from consortium.stats.features import PREFLIGHT_JOB as PREFLIGHT  # built-in data-quality job: no jobs/ folder
 
 DEFAULT_SITE_CONFIGS = "site_configs"
 DEFAULT_JOBS = "jobs"
@@ -40,13 +41,19 @@ def cmd_job_list(args) -> int:
     for name in available_jobs(Path(args.jobs)):
         spec = load_job_spec(name, args.jobs)
         print(f"{name:16s} {spec.description}")
+    print(f"{PREFLIGHT:16s} built in: federated data-quality statistics of every site (FLARE federated statistics)")
     return 0
 
 
 def cmd_job_export(args) -> int:
     from consortium.jobs import export_job, load_job_spec
 
-    path = export_job(load_job_spec(args.job, args.jobs), args.out)
+    if args.job == PREFLIGHT:
+        from consortium.stats.job import export_preflight_job
+
+        path = export_preflight_job(args.out)
+    else:
+        path = export_job(load_job_spec(args.job, args.jobs), args.out)
     print(f"exported job '{args.job}' to {path} (submit it with the admin console: submit_job {path})")
     return 0
 
@@ -69,6 +76,10 @@ def _echo_filtered(stream, log_file) -> None:
 def cmd_simulate(args) -> int:
     from consortium.jobs import load_job_spec
 
+    if args.job == PREFLIGHT:  # FLARE's federated statistics, not a training job
+        from consortium.stats.commands import cmd_simulate_preflight
+
+        return cmd_simulate_preflight(args)
     spec = load_job_spec(args.job, args.jobs)
     if args.rounds is not None:
         spec = replace(spec, rounds=args.rounds)
@@ -214,6 +225,12 @@ def cmd_report(args) -> int:
     folder = Path(args.run)
     if not folder.is_dir() and (Path(args.runs) / args.run).is_dir():
         folder = Path(args.runs) / args.run  # a job name: its results under --runs
+    from consortium.stats.report import SUMMARY_FILE
+
+    if (folder / SUMMARY_FILE).is_file():  # the pre-flight's statistics, not a training run
+        from consortium.stats.commands import cmd_report_preflight
+
+        return cmd_report_preflight(folder)
     try:
         run = load_run(folder, Path(args.baselines) if args.baselines else None)
     except ReportError as exc:

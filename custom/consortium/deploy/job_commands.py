@@ -9,6 +9,7 @@ from pathlib import Path
 
 from consortium import constants as C
 from consortium.deploy.commands import _paths, _session, _state
+from consortium.stats.features import PREFLIGHT_JOB
 
 
 def cmd_abort(args) -> int:
@@ -23,6 +24,10 @@ def cmd_submit(args) -> int:
     from consortium.deploy.admin import follow, site_errors
     from consortium.jobs import export_job, load_job_spec
 
+    if args.job == PREFLIGHT_JOB:  # FLARE's federated statistics, not a training job
+        from consortium.stats.commands import cmd_submit_preflight
+
+        return cmd_submit_preflight(args)
     spec = load_job_spec(args.job, args.jobs)
     if args.rounds is not None:
         spec = replace(spec, rounds=args.rounds)
@@ -81,6 +86,10 @@ def cmd_download(args) -> int:
         status = meta.get("status", "")
         if not status.startswith("FINISHED"):
             raise AdminError(f"job {args.job_id} is {status or 'unknown'}; download it once it has finished")
+        if meta.get("name") == PREFLIGHT_JOB:
+            from consortium.stats.commands import download_results as download_preflight
+
+            return download_preflight(sess, args.job_id, Path(args.runs) / PREFLIGHT_JOB)
         out = download_results(sess, args.job_id, Path(args.runs) / meta.get("name", args.job_id))
     print(f"job {args.job_id}: {status}; results in {out}")
     return _results(args, out)

@@ -1,0 +1,1 @@
+"""Federated data-quality pre-flight: FLARE's federated statistics over every site's images and labels."""
