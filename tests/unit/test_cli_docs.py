@@ -1,0 +1,23 @@
+"""docs/cli.md names every command and every flag the `consortium` parser knows."""
+
+from pathlib import Path
+
+from consortium.cli import build_parser
+from consortium.cli_reference import commands, options
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
+
+
+def test_cli_doc_names_every_command_and_flag():
+    text = DOC.read_text()
+    parser = build_parser()
+    missing = []
+    for path, leaf, _ in commands(parser):
+        if path == "consortium" or any(p.startswith("_") for p in path.split()):
+            continue
+        if f"### `{path}`" not in text:
+            missing.append(path)
+            continue
+        section = text.split(f"### `{path}`", 1)[1].split("\n### ", 1)[0]
+        missing += [f"{path} {name}" for name, _ in options(leaf) if name not in section]
+    assert not missing, f"not in docs/cli.md (regenerate: python -m consortium.cli_reference): {missing}"
