@@ -164,3 +164,22 @@ def test_server_momentum_without_the_previous_model_sends_the_local_model_and_sa
 def test_server_momentum_refuses_beta_outside_zero_one(beta):
     with pytest.raises(ValueError, match="server_momentum must be in"):
         ServerMomentum(beta)
+
+
+def test_fedprox_mu_travels_with_every_round_of_the_consortium_workflow():
+    """ConsortiumFedAvg runs its own rounds, so it must set FLARE's `fedprox_mu` task meta itself (FLARE's FedAvg.run
+    does); without it every site trained with mu = 0, and the FedProx jobs were FedAvg."""
+    from nvflare.app_common.abstract.fl_model import FLModel
+    from nvflare.app_common.app_constant import AlgorithmConstants
+
+    from consortium.aggregators.weighted import WeightedAverage
+    from consortium.workflows.fedavg import ConsortiumFedAvg
+
+    def round_meta(**kwargs):
+        workflow = ConsortiumFedAvg(task="heart", seed=0, num_rounds=2, aggregator=WeightedAverage(), **kwargs)
+        model = FLModel(params={}, meta={AlgorithmConstants.FEDPROX_MU: 0.5})  # a stale value is not kept
+        workflow._round_meta(model)
+        return model.meta
+
+    assert round_meta(fedprox_mu=0.1)[AlgorithmConstants.FEDPROX_MU] == 0.1
+    assert AlgorithmConstants.FEDPROX_MU not in round_meta()

@@ -12,6 +12,7 @@ from nvflare.apis.fl_constant import FLContextKey
 from nvflare.apis.job_def import JobMetaKey
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.app_constant import AppConstants
+from nvflare.app_common.utils.fedprox_utils import set_fedprox_metadata
 from nvflare.app_common.workflows.fedavg import FedAvg
 from nvflare.fuel.utils.log_utils import center_message
 
@@ -109,7 +110,7 @@ class ConsortiumFedAvg(SiteResults, JobEnd, FedAvg):
             self.current_round = number
             self.info(center_message(message=f"Round {self.current_round} started.", boarder_str="-"))
             model.current_round = self.current_round
-            model.meta[C.META_RUN_CHAIN] = self._history["meta"].get("run_chain", [])
+            self._round_meta(model)
             self.fl_ctx.set_prop(AppConstants.CURRENT_ROUND, self.current_round, private=True, sticky=False)
             targets = self.sample_clients()
             outcome = RoundOutcome(self.current_round, targets)
@@ -143,6 +144,12 @@ class ConsortiumFedAvg(SiteResults, JobEnd, FedAvg):
         start = state["round"] + 1
         self.info(f"[progress] resuming job {self.resume_from} after its round {start}/{self.num_rounds}")
         return FLModel(params=state["params"], params_type=ParamsType.FULL), start
+
+    def _round_meta(self, model: FLModel) -> None:
+        """What travels with every round's model besides the weights: the run chain and FedProx's mu (FLARE's
+        `fedprox_mu` contract, which FLARE's FedAvg.run sets and this run must set too)."""
+        set_fedprox_metadata(model, self.fedprox_mu)  # None (FedAvg, SCAFFOLD) removes the key
+        model.meta[C.META_RUN_CHAIN] = self._history["meta"].get("run_chain", [])
 
     def _job_id(self) -> str:
         return self.fl_ctx.get_job_id()
