@@ -148,6 +148,8 @@ def read_yaml_mapping(path: Path) -> dict:
 
 def _positive(kind):
     def conv(value):
+        if kind is int and (isinstance(value, bool) or (isinstance(value, float) and not value.is_integer())):
+            raise ValueError("expected a whole number")  # int(2.5) would silently truncate
         value = kind(value)
         if value <= 0:
             raise ValueError("must be > 0")

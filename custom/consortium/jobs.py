@@ -171,20 +171,29 @@ def load_job_spec(name: str, jobs_dir: str | Path) -> JobSpec:
         value = getattr(spec, f.name)
         try:
             object.__setattr__(spec, f.name, _coerce(f.type, value))
-        except (TypeError, ValueError):
-            raise ConfigError(f"{source}: field '{f.name}': {value!r} is not a valid {f.type}") from None
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{source}: field '{f.name}': {value!r} is not a valid {f.type} ({exc})") from None
     return spec.validate(source)
 
 
+def _whole(value) -> int:
+    """An integer setting: 8 or "8", never 7.5 (which int() would silently truncate) or true."""
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise TypeError(f"expected a whole number, got {value!r}")
+    return int(value)
+
+
 def _coerce(kind: str, value):
-    if kind in ("int", "float", "str"):
-        return {"int": int, "float": float, "str": str}[kind](value)
+    if kind == "int":
+        return _whole(value)
+    if kind in ("float", "str"):
+        return {"float": float, "str": str}[kind](value)
     if kind == "bool":
         if not isinstance(value, bool):
             raise TypeError("expected true or false")
         return value
     if kind == "int | None":
-        return None if value is None else int(value)
+        return None if value is None else _whole(value)
     if kind == "dict | None":
         if value is not None and not isinstance(value, dict):
             raise TypeError("expected a mapping of settings")

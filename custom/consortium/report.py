@@ -327,8 +327,10 @@ def write_tensorboard(run: Run, folder: Path) -> Path:
 def print_job_summary(folder: Path, history: dict, headline: str, log: Path | None = None) -> None:
     """What simulate and submit print at the end of a job: the final scores, where the files are, the report."""
     print(f"{headline}final global model, validation {(history.get('meta') or {}).get('metric', 'score')} per site:")
-    for site, m in sorted(history.get("final", {}).items()):
-        print(f"  {site:14s} {m.get(C.METRIC_SCORE, float('nan')):.3f}")
+    final = sorted(history.get("final", {}).items())
+    width = max([14] + [len(site) for site, _ in final])  # long site names keep the column aligned
+    for site, m in final:
+        print(f"  {site:{width}s} {m.get(C.METRIC_SCORE, float('nan')):.3f}")
     print(f"global model: {folder / C.GLOBAL_MODEL_FILE}")
     print(f"metrics:      {folder / C.METRICS_FILE}")
     if log is not None:

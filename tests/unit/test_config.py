@@ -23,6 +23,9 @@ def test_repository_site_configs_validate():
         (TINY_A.replace("prevalence: 0.9", "prevalence: 1.5"), "'synthetic.prevalence'"),
         (TINY_A.replace("patients: 8", "patients: 8\n  scanner: x"), "'synthetic.scanner'"),
         (TINY_A + "resources:\n  num_threads: 0\n", "'resources.num_threads'"),
+        (TINY_A + "resources:\n  num_threads: 2.5\n", "'resources.num_threads'"),  # not truncated to 2
+        (TINY_A.replace("patients: 8", "patients: 8.5"), "'synthetic.patients'"),
+        (TINY_A + "data:\n  dir: d\n  label_map: {1: lesion}\n", "'data.label_map'"),
         (TINY_A + "site: other\n", "'site'"),
     ],
 )

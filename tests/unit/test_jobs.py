@@ -40,6 +40,8 @@ def test_variant_states_only_differences(tmp_path):
     "body, message",
     [
         ("rounds: 0\n", "'rounds'"),
+        ("batch_size: 7.5\n", "'batch_size'.*whole number, got 7.5"),  # once silently truncated to 7
+        ("rounds: true\n", "'rounds'.*whole number"),
         ("colour: red\n", "'colour'"),
         ("task: nope\n", "unknown task"),
         ("lr: fast\n", "'lr'"),

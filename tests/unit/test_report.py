@@ -151,3 +151,13 @@ def test_lost_sites_and_a_resume_are_reported_and_a_clean_run_has_no_such_sectio
     assert "| 2 | hospital-a | hospital-b: no result within 60 s |" in lost_md
     assert "| 3 | hospital-a | hospital-b: absent since an earlier round, not awaited |" in lost_md
     assert "job j2 resumed job j1 after its round 2" in text
+
+
+def test_job_summary_keeps_long_site_names_aligned(tmp_path, capsys):
+    from consortium.report import print_job_summary
+
+    final = {"a": {"val_score": 0.5}, "university-hospital-east": {"val_score": 0.75}}
+    history = {"meta": {"metric": "Dice"}, "final": final}
+    print_job_summary(tmp_path, history, "")
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  ") and "0." in line]
+    assert len(rows) == 2 and len({line.index("0.") for line in rows}) == 1  # the scores start in one column

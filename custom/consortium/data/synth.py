@@ -3,7 +3,7 @@
 Each slice shows a body outline, a spine, an abdominal organ with a few contrast-filled vessels
 (unlabelled distractors) and zero or more lesions in the organ (the label). Hospitals differ by
 their `synthetic` profile in site_configs/: scanner calibration offset and noise, lesion contrast
-(hypo- or hyperdense), lesion size, prevalence and cohort size. See site_configs/README.md.
+(hypo- or hyperdense), lesion size, prevalence and cohort size. See docs/data.md.
 """
 
 from __future__ import annotations

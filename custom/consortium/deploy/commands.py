@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -36,10 +37,12 @@ def _session(args):
 
 
 def cmd_provision(args) -> int:
-    from consortium.deploy.provision import load_consortium, project_dict, run_provision, write_project
+    from consortium.deploy.provision import load_consortium, orphan_admins, project_dict, run_provision, write_project
 
     defn = load_consortium(args.consortium)
     sites = load_site_configs(args.site_configs)
+    for warning in orphan_admins(defn, sites):
+        print(f"warning: {warning}", file=sys.stderr)
     out = Path(args.workspace).resolve() / "prod"
     project = project_dict(defn, sites, site_configs=Path(args.site_configs), storage_root=out / "storage")
     changes = write_project(project, out / "project.yml")

@@ -102,6 +102,18 @@ def _heartbeat(value, source) -> int:
     return value
 
 
+def orphan_admins(defn: ConsortiumDef, sites: dict[str, SiteConfig]) -> list[str]:
+    """Warnings for admins (other than project admins) whose org is neither the server's nor any hospital's:
+    typically a hospital that left the consortium while its people kept their kits in consortium.yaml."""
+    orgs = {defn.server_org} | {s.org for s in sites.values()}
+    return [
+        f"admin {a.name} (role {a.role}) belongs to org '{a.org}', which no site config has any more: their "
+        f"kit is still made and can log in; remove them from the consortium definition if they left"
+        for a in defn.admins
+        if a.role != "project_admin" and a.org not in orgs
+    ]
+
+
 def project_dict(
     defn: ConsortiumDef,
     sites: dict[str, SiteConfig],
