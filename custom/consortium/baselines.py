@@ -32,7 +32,12 @@ def run_baselines(
     validation split, and on `test_loaders` ({name: loader} of held-out data) if given."""
     task = get_task(spec.task)
     torch.set_num_threads(1)
-    loaders = {name: task.make_loaders(cfg, batch_size=spec.batch_size, seed=spec.seed) for name, cfg in sites.items()}
+    # tabular tasks: the job's feature standardisation (federated: all sites' training rows, which baselines hold)
+    standardise = task.baseline_standardise(spec.standardise, sites) if spec.standardise not in (None, "none") else {}
+    loaders = {}
+    for name, cfg in sites.items():
+        options = {"standardise": standardise[name]} if standardise else {}
+        loaders[name] = task.make_loaders(cfg, batch_size=spec.batch_size, seed=spec.seed, **options)
     if kind == "local":
         trainsets = {name: loaders[name][0] for name in sites}
     elif kind == "pooled":

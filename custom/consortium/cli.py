@@ -89,6 +89,8 @@ def cmd_simulate(args) -> int:
         spec = replace(spec, seed=args.seed)
     if args.lr is not None:
         spec = replace(spec, lr=args.lr)
+    if args.standardise is not None:
+        spec = replace(spec, standardise=args.standardise)
     if args.round_timeout is not None:
         spec = replace(spec, round_timeout=args.round_timeout)
     spec.validate(Path(args.jobs) / args.job)  # overrides are checked like the job file
@@ -271,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--local-epochs", type=int, help="override the job's local epochs")
     sim.add_argument("--seed", type=int, help="override the job's seed (model initialisation, data order)")
     sim.add_argument("--lr", type=float, help="override the job's learning rate")
+    sim.add_argument("--standardise", help="override the job's feature standardisation (federated, local, none)")
     sim.add_argument("--round-timeout", type=int, help="override the job's round_timeout (seconds)")
     sim.add_argument("--sites", help="comma-separated subset of sites")
     sim.set_defaults(fn=cmd_simulate)

@@ -25,6 +25,8 @@ METRIC_DP_UPDATE_EPSILON = "dp_update_epsilon"  # the Gaussian update filter's o
 # Meta keys of tasks and results.
 META_FINETUNE_EPOCHS = "finetune_epochs"  # final validation: fine-tune the global model this many epochs
 META_MODEL_KIND = "model_kind"
+# train, validate: the global mean and std of each feature (job option `standardise: federated`), sent with the model
+META_FEATURE_STATS = "feature_stats"
 # train: the job ids of one logical run, first to current (a resumed job continues its predecessors); sites
 # continue their privacy accounting from the ledger of the latest earlier job in the chain
 META_RUN_CHAIN = "run_chain"  # submit_model: "local" (last round's local training) or "personalized"

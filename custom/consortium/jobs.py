@@ -48,6 +48,9 @@ class JobSpec:
     dp_sgd: dict | None = None
     # Gaussian noise on each site's update: {clip_norm, delta, target_epsilon | noise_multiplier}
     dp_update: dict | None = None
+    # tabular tasks: z-score the features with the global mean/std from FLARE's federated statistics (federated),
+    # each site's own (local), or not at all (none); None: the task's default (heart: federated; seg2d: none)
+    standardise: str | None = None
 
     @property
     def round_budget(self) -> str:
@@ -56,8 +59,11 @@ class JobSpec:
 
     def validate(self, source: Path) -> "JobSpec":
         from consortium.algorithms import ALGORITHMS, WEIGHTINGS
-        from consortium.tasks import LR_SCHEDULES, TASKS
+        from consortium.tasks import LR_SCHEDULES, STANDARDISE, TASKS
 
+        modes = STANDARDISE.get(self.task, ("none",))
+        if self.standardise is None:
+            object.__setattr__(self, "standardise", modes[0])
         checks = [
             (self.task in TASKS, "task", f"unknown task {self.task!r}; known: {', '.join(TASKS)}"),
             (self.rounds >= 1, "rounds", "must be >= 1"),
@@ -78,6 +84,13 @@ class JobSpec:
             (self.weighting in WEIGHTINGS, "weighting", f"must be one of {', '.join(WEIGHTINGS)}"),
             (self.round_timeout >= 1, "round_timeout", "must be >= 1 (seconds a round waits for a site)"),
             (0 <= self.server_momentum < 1, "server_momentum", "must be >= 0 and < 1 (0: plain FedAvg; try 0.5)"),
+            (
+                self.standardise in modes,
+                "standardise",
+                f"{self.standardise!r} is not one of {', '.join(modes)} for task {self.task}"
+                + (" (federated: the global mean/std from FLARE's federated statistics; local: each site's own; "
+                   "none: raw features)" if len(modes) > 1 else " (it has no tabular features); remove it"),
+            ),
         ]
         for ok, field, problem in checks:
             if not ok:
@@ -194,6 +207,8 @@ def _coerce(kind: str, value):
         return value
     if kind == "int | None":
         return None if value is None else _whole(value)
+    if kind == "str | None":
+        return None if value is None else str(value)
     if kind == "dict | None":
         if value is not None and not isinstance(value, dict):
             raise TypeError("expected a mapping of settings")
@@ -221,6 +236,11 @@ def build_job(spec: JobSpec, *, stream_logs: bool = True, resume_from: str = "")
 
     job = FedJob(name=spec.name, min_clients=spec.min_clients)
     job.set_app_packages(["consortium"])  # sites run the reviewed, installed package: ship no custom code
+    feature_stats_id = ""
+    if spec.standardise == "federated":  # FLARE's federated statistics first: the features' global mean/std
+        from consortium.data.heart_stats import add_federated_statistics
+
+        feature_stats_id = add_federated_statistics(job)
     controller = ConsortiumFedAvg(
         task=spec.task,
         seed=spec.seed,
@@ -232,12 +252,14 @@ def build_job(spec: JobSpec, *, stream_logs: bool = True, resume_from: str = "")
         finetune_epochs=spec.finetune_epochs,
         round_timeout=spec.round_timeout,
         resume_from=resume_from,
+        feature_stats_id=feature_stats_id,
         run_info={
             "job": spec.name,
             "he": spec.he,
             "local_epochs": spec.local_epochs,
             "lr": spec.lr,
             **({"server_momentum": spec.server_momentum} if spec.server_momentum else {}),
+            **({"standardise": spec.standardise} if spec.standardise != "none" else {}),
             **({"dp_sgd": spec.dp_sgd} if spec.dp_sgd else {}),
             **({"dp_update": spec.dp_update} if spec.dp_update else {}),
         },
@@ -282,6 +304,7 @@ def build_job(spec: JobSpec, *, stream_logs: bool = True, resume_from: str = "")
         weighting=spec.weighting,
         dp_sgd=spec.dp_sgd,
         server_momentum=spec.server_momentum,
+        standardise=spec.standardise,
     )
     job.to_clients(trainer, tasks=[C.TASK_TRAIN, C.TASK_VALIDATE, C.TASK_SUBMIT_MODEL])
     job.to_clients({"submit_task_result_timeout": SUBMIT_RESULT_TIMEOUT})  # a variable of the client app config

@@ -1,10 +1,15 @@
-"""The Fed-Heart-Disease task: the packaged UCI data, FLamby's preprocessing and split, and the task interface."""
+"""The Fed-Heart-Disease task: the packaged UCI data, FLamby's preprocessing and split, the task interface, and
+the federated feature standardisation (FLARE's federated statistics -> global mean/std -> every site)."""
 
+import json
+from dataclasses import replace
+
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from consortium.config import load_site_configs
+from consortium.config import ConfigError, load_site_configs
 from consortium.data.heart import (
     CENTERS,
     FEATURES,
@@ -18,6 +23,10 @@ from consortium.data.heart import (
     packaged_csv,
     preprocess,
 )
+from consortium.data.heart_stats import DATASET, PRECISION, STATISTICS, WRITER_ID, HeartStatistics, global_statistics
+from consortium.jobs import export_job, load_job_spec
+from consortium.tasks import heart
+from consortium.tasks.heart import Standardiser
 from tests.conftest import REPO
 
 
@@ -81,3 +90,124 @@ def test_heart_sites_train_and_evaluate_through_the_task_interface():
     after = task.evaluate(model, test_loader)
     assert result.steps == 30 * len(train_loader)
     assert after > before + 0.1, (before, after)
+
+
+def _federated_result(site_rows: dict[str, np.ndarray]) -> dict:
+    """FLARE's federated statistics on plain arrays: each site's HeartStatistics answers the controller's two
+    passes, FLARE's own get_global_stats combines them, and the controller formats the result its writer gets."""
+    from nvflare.app_common.app_constant import StatisticsConstants as StC
+    from nvflare.app_common.statistics.numeric_stats import get_global_stats
+    from nvflare.app_common.workflows.statistics_controller import StatisticsController
+
+    sites = {}
+    for name, rows in site_rows.items():
+        sites[name] = HeartStatistics()
+        sites[name].rows = rows
+    controller = StatisticsController(statistic_configs=STATISTICS, writer_id=WRITER_ID, precision=PRECISION)
+
+    def ask(statistic, fn):
+        controller.client_statistics[statistic] = {
+            name: {DATASET: {f: fn(gen, f) for f in FEATURES}} for name, gen in sites.items()
+        }
+
+    ask(StC.STATS_COUNT, lambda gen, f: gen.count(DATASET, f))
+    ask(StC.STATS_SUM, lambda gen, f: gen.sum(DATASET, f))
+    ask(StC.STATS_MEAN, lambda gen, f: gen.mean(DATASET, f))
+    controller.global_statistics = get_global_stats({}, controller.client_statistics, StC.STATS_1st_STATISTICS,
+                                                    STATISTICS, PRECISION)  # fmt: skip
+    mean, count = (controller.global_statistics[k][DATASET] for k in (StC.STATS_MEAN, StC.STATS_COUNT))
+    ask(StC.STATS_VAR, lambda gen, f: gen.variance_with_mean(DATASET, f, mean[f], count[f]))
+    ask(StC.STATS_STDDEV, lambda gen, f: gen.stddev(DATASET, f))
+    controller.global_statistics = get_global_stats(controller.global_statistics, controller.client_statistics,
+                                                    StC.STATS_2nd_STATISTICS, STATISTICS, PRECISION)  # fmt: skip
+    return controller._combine_all_statistics()
+
+
+def test_federated_mean_and_std_from_site_sums_equal_the_pooled_rows():
+    rng = np.random.default_rng(0)
+    # three sites that differ in size, location and spread (one feature constant at a site, as chol at Swiss)
+    rows = {f"site{i}": rng.normal(10.0 * i, 1.0 + i, size=(n, len(FEATURES))) for i, n in enumerate((5, 40, 200))}
+    rows["site0"][:, 3] = 0.0
+    stats = global_statistics(_federated_result(rows))
+    pooled = np.concatenate(list(rows.values()))
+    assert stats["features"] == FEATURES and stats["sites"] == sorted(rows)
+    np.testing.assert_allclose(stats["mean"], pooled.mean(axis=0), rtol=1e-9)
+    np.testing.assert_allclose(stats["std"], pooled.std(axis=0, ddof=1), rtol=1e-8)
+    assert "3 sites (245 training rows)" in stats["source"]
+    # what a site receives is the same transform as standardising the pooled rows
+    mine = Standardiser.from_meta(stats).apply(rows["site1"])
+    np.testing.assert_allclose(mine, Standardiser.from_rows(pooled).apply(rows["site1"]), atol=1e-5)
+    incomplete = {k: v for k, v in _federated_result(rows).items() if k != "chol"}
+    with pytest.raises(ValueError, match="feature 'chol'"):
+        global_statistics(incomplete)
+
+
+def test_sites_standardise_with_the_global_values_they_receive():
+    from nvflare.app_common.abstract.fl_model import FLModel
+    from nvflare.app_common.utils.fl_model_utils import FLModelUtils
+
+    from consortium import constants as C
+    from consortium.executors.trainer import SiteTrainer
+
+    sites = load_site_configs(REPO / "site_configs" / "heart")
+    raw = {name: load_center(cfg.data.center)[0][0] for name, cfg in sites.items()}
+    pooled = np.concatenate(list(raw.values())).astype(np.float64)
+    stats = Standardiser.from_rows(pooled, source="all 4 sites").to_meta()
+    trainer = SiteTrainer(task="heart", local_epochs=1, lr=1e-3, lr_schedule="constant", batch_size=4, seed=0,
+                          standardise="federated")  # fmt: skip
+    received = trainer._standardisation(
+        FLModelUtils.to_shareable(FLModel(params={}, meta={C.META_FEATURE_STATS: stats}))
+    )
+    for name, cfg in sites.items():
+        train_loader, test_loader, report = heart.make_loaders(cfg, standardise=received)
+        x = train_loader.dataset.tensors[0].numpy()
+        np.testing.assert_allclose(x, (raw[name] - pooled.mean(0)) / pooled.std(0, ddof=1), atol=1e-5)
+        assert "all 4 sites (486 training rows)" in report.summary()
+    # Switzerland's cholesterol is 0 in every row (UCI's code for not measured, kept as FLamby keeps it): the
+    # global transform maps it to the same z-score as every other site's 0, where its own std (0) would not
+    swiss, _, _ = heart.make_loaders(sites["switzerland"], standardise="local")
+    assert float(swiss.dataset.tensors[0][:, FEATURES.index("chol")].abs().max()) == 0.0
+    local, _, _ = heart.make_loaders(sites["cleveland"], standardise="local")
+    np.testing.assert_allclose(local.dataset.tensors[0].numpy().mean(0), 0.0, atol=1e-5)
+    with pytest.raises(ValueError, match="none came with this task"):
+        trainer._standardisation(FLModelUtils.to_shareable(FLModel(params={})))
+    with pytest.raises(ValueError, match="feature statistics are for"):
+        heart.make_loaders(sites["va"], standardise={**stats, "features": FEATURES[:3]})
+
+
+def test_standardise_is_a_checked_job_option(tmp_path):
+    assert load_job_spec("heart_scaffold", REPO / "jobs").standardise == "federated"  # from its base job
+    assert load_job_spec("fedavg", REPO / "jobs").standardise == "none"  # seg2d has no tabular features
+    for body, message in [
+        ("task: heart\nstandardise: zscore\n", "'standardise': 'zscore' is not one of federated, local, none"),
+        ("task: seg2d\nstandardise: federated\n", "'standardise': 'federated' is not one of none for task seg2d"),
+    ]:
+        (tmp_path / "j").mkdir(exist_ok=True)
+        (tmp_path / "j/job.yaml").write_text(body)
+        with pytest.raises(ConfigError, match=message):
+            load_job_spec("j", tmp_path)
+    (tmp_path / "j/job.yaml").write_text("task: heart\n")
+    assert load_job_spec("j", tmp_path).standardise == "federated"  # the heart task's default
+
+
+def test_federated_standardisation_runs_flare_statistics_first(tmp_path):
+    """The exported heart job: FLARE's StatisticsController, then training (told the writer), then cross-site;
+    without federated standardisation, no statistics workflow."""
+    spec = load_job_spec("heart_fedavg", REPO / "jobs")
+    server = json.loads((export_job(spec, tmp_path / "a") / "app/config/config_fed_server.json").read_text())
+    client = json.loads((tmp_path / "a/heart_fedavg/app/config/config_fed_client.json").read_text())
+    paths = [w["path"].rsplit(".", 1)[-1] for w in server["workflows"]]
+    assert paths == ["StatisticsController", "ConsortiumFedAvg", "ConsortiumCrossSiteEval"]
+    assert (
+        server["workflows"][1]["args"]["feature_stats_id"] == WRITER_ID == server["workflows"][0]["args"]["writer_id"]
+    )
+    executors = {e["executor"]["path"].rsplit(".", 1)[-1]: e for e in client["executors"]}
+    assert executors["StatisticsExecutor"]["tasks"] == ["fed_stats_pre_run", "fed_stats"]
+    assert executors["SiteTrainer"]["executor"]["args"]["standardise"] == "federated"
+    assert any(c["path"].endswith("heart_stats.HeartStatistics") for c in client["components"])
+    raw = json.loads(
+        (
+            export_job(replace(spec, standardise="none"), tmp_path / "b") / "app/config/config_fed_server.json"
+        ).read_text()
+    )
+    assert [w["path"].rsplit(".", 1)[-1] for w in raw["workflows"]] == ["ConsortiumFedAvg", "ConsortiumCrossSiteEval"]

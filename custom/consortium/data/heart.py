@@ -9,7 +9,9 @@ Preprocessing, following FLamby's `fed_heart_disease` dataset (Ogier du Terrail 
 2. drop `slope`, `ca` and `thal` (mostly missing outside Cleveland), then every row with a missing value:
    Cleveland 303, Hungary 261, Switzerland 46, VA Long Beach 130 rows (740);
 3. one-hot `cp` (chest pain, 4 levels) and `restecg` (3 levels), dropping the first level: 13 features,
-   not normalised (as FLamby);
+   returned raw; the task standardises them (tasks/heart.py, job option `standardise`). FLamby's dataset
+   z-scores each center with its own training rows (`normalize=True`, its default since October 2022);
+   a `chol` of 0 (UCI's code for not measured: every Swiss row, some VA rows) stays a value, as in FLamby;
 4. label: 0 = no disease, 1 = any disease (num > 0);
 5. per hospital, a stratified 66 / 34 train/test split with FLamby's fixed seed 43 (scikit-learn's
    `train_test_split`): train 199/172/30/85, test 104/89/16/45.

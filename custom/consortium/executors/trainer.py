@@ -8,6 +8,7 @@ import os
 import time
 
 import torch
+from nvflare.apis.dxo import from_shareable
 from nvflare.apis.executor import Executor
 from nvflare.apis.fl_constant import FLContextKey, FLMetaKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
@@ -72,6 +73,7 @@ class SiteTrainer(Executor):
         local_steps: int | None = None,
         dp_sgd: dict | None = None,
         server_momentum: float = 0.0,
+        standardise: str = "none",
     ):
         # No defaults: every experiment setting is written into the exported job, none comes from the site.
         super().__init__()
@@ -108,9 +110,12 @@ class SiteTrainer(Executor):
                 "model leaves the site) or algorithm fedprox (its proximal term would bypass clipping)"
             )
         self._dp: SiteDPSGD | None = None
+        if standardise not in ("federated", "local", "none"):
+            raise ValueError(f"SiteTrainer: standardise must be federated, local or none, got {standardise!r}")
+        self.standardise = standardise  # tabular tasks' feature standardisation (job option)
         self._ready = False
 
-    def _setup(self, fl_ctx: FLContext) -> None:
+    def _setup(self, fl_ctx: FLContext, shareable: Shareable) -> None:
         site = fl_ctx.get_identity_name()
         self.site_cfg = load_site_config(site, site_config_dir(fl_ctx))
         torch.set_num_threads(self.site_cfg.resources.num_threads)
@@ -118,8 +123,9 @@ class SiteTrainer(Executor):
         self.device = self.site_cfg.resources.device
         self.task = get_task(self._task)
         self.model = self.task.build_model()
+        options = {} if self.standardise == "none" else {"standardise": self._standardisation(shareable)}
         self.train_loader, self.val_loader, report = self.task.make_loaders(
-            self.site_cfg, batch_size=self.batch_size, seed=self.seed
+            self.site_cfg, batch_size=self.batch_size, seed=self.seed, **options
         )
         self.data_report = report
         for line in report.summary().splitlines():
@@ -128,10 +134,26 @@ class SiteTrainer(Executor):
         self.personal_params: dict | None = None  # fine-tuned at this site; leaves it only for cross-site eval
         self._ready = True
 
+    def _standardisation(self, shareable: Shareable):
+        """`local`, or the global feature statistics the server sent with the model (`federated`)."""
+        if self.standardise == "local":
+            return "local"
+        try:
+            stats = (from_shareable(shareable).meta or {}).get(C.META_FEATURE_STATS)
+        except ValueError:  # not a model task
+            stats = None
+        if not stats:
+            raise ValueError(
+                "this job standardises features with the consortium's global statistics (standardise: federated), "
+                "but none came with this task (the server sends them with every train and final validate task, "
+                "once the job's first workflow, FLARE's federated statistics, has computed them)"
+            )
+        return stats
+
     def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         try:
             if not self._ready:
-                self._setup(fl_ctx)
+                self._setup(fl_ctx, shareable)
             if task_name == C.TASK_TRAIN:
                 return self._train(shareable, fl_ctx, abort_signal)
             if task_name == C.TASK_VALIDATE:

@@ -10,6 +10,8 @@ import numpy as np
 
 TASKS = {"seg2d": "consortium.tasks.seg2d", "heart": "consortium.tasks.heart"}
 REQUIRED = ("build_model", "make_loaders", "train", "evaluate")
+# Tabular tasks: values of the job option `standardise` (the first is the default); other tasks have only "none".
+STANDARDISE = {"heart": ("federated", "local", "none")}
 
 
 def get_task(name: str) -> ModuleType:

@@ -20,6 +20,8 @@ class JobEnd:
         final = FLModel(params=self._global.params, params_type=ParamsType.FULL)
         if self.finetune_epochs:  # each site also fine-tunes the final model on its own data and keeps it
             final.meta[C.META_FINETUNE_EPOCHS] = self.finetune_epochs
+        if self._history["meta"].get("feature_stats"):  # a site restarted since its last round standardises too
+            final.meta[C.META_FEATURE_STATS] = self._history["meta"]["feature_stats"]
         present = self._history.get("present") or None
         results = self.send_model_and_wait(
             task_name=C.TASK_VALIDATE, data=final, targets=present, timeout=self.round_timeout

@@ -46,6 +46,7 @@ class ConsortiumFedAvg(SiteResults, JobEnd, FedAvg):
         run_info: dict | None = None,
         round_timeout: int = 600,
         resume_from: str = "",
+        feature_stats_id: str = "",
         **kwargs,
     ):
         kwargs.setdefault("persistor_id", "")
@@ -62,6 +63,7 @@ class ConsortiumFedAvg(SiteResults, JobEnd, FedAvg):
         self.run_info = dict(run_info or {})  # job settings recorded with the results (job, he, ...)
         self.round_timeout = int(round_timeout)
         self.resume_from = resume_from
+        self.feature_stats_id = feature_stats_id  # writer of the job's federated statistics (standardise: federated)
         meta = {**self.run_info, "task": task, "algorithm": algorithm, "rounds": self.num_rounds}
         meta["metric"] = getattr(get_task(task), "METRIC_NAME", "score")
         meta["round_timeout"] = self.round_timeout
@@ -105,12 +107,15 @@ class ConsortiumFedAvg(SiteResults, JobEnd, FedAvg):
             model, start = self._initial_model()
         except checkpoint.ResumeError as exc:
             return self._end(str(exc))
+        stats = self._feature_stats()
+        if stats is None:
+            return self._end("the job's federated statistics gave no global feature statistics (see the server log)")
         model.total_rounds = self.num_rounds
         for number in range(start, self.num_rounds):
             self.current_round = number
             self.info(center_message(message=f"Round {self.current_round} started.", boarder_str="-"))
             model.current_round = self.current_round
-            self._round_meta(model)
+            self._round_meta(model, stats)
             self.fl_ctx.set_prop(AppConstants.CURRENT_ROUND, self.current_round, private=True, sticky=False)
             targets = self.sample_clients()
             outcome = RoundOutcome(self.current_round, targets)
@@ -145,11 +150,24 @@ class ConsortiumFedAvg(SiteResults, JobEnd, FedAvg):
         self.info(f"[progress] resuming job {self.resume_from} after its round {start}/{self.num_rounds}")
         return FLModel(params=state["params"], params_type=ParamsType.FULL), start
 
-    def _round_meta(self, model: FLModel) -> None:
-        """What travels with every round's model besides the weights: the run chain and FedProx's mu (FLARE's
-        `fedprox_mu` contract, which FLARE's FedAvg.run sets and this run must set too)."""
+    def _round_meta(self, model: FLModel, stats: dict | None = None) -> None:
+        """What travels with every round's model besides the weights: the run chain, FedProx's mu (FLARE's
+        `fedprox_mu` contract, which FLARE's FedAvg.run sets and this run must set too) and the global feature
+        statistics (every round: a site that restarts mid-job standardises like the others)."""
         set_fedprox_metadata(model, self.fedprox_mu)  # None (FedAvg, SCAFFOLD) removes the key
         model.meta[C.META_RUN_CHAIN] = self._history["meta"].get("run_chain", [])
+        if stats:
+            model.meta[C.META_FEATURE_STATS] = stats
+
+    def _feature_stats(self) -> dict | None:
+        """The global feature statistics of the job's first workflow ({} if the job has none; None if it failed)."""
+        if not self.feature_stats_id:
+            return {}
+        stats = getattr(self.engine.get_component(self.feature_stats_id), "result", None)
+        if stats:
+            self._history["meta"]["feature_stats"] = stats
+            self.info(f"[progress] features standardised with the global mean and std of {stats['source']}")
+        return stats or None
 
     def _job_id(self) -> str:
         return self.fl_ctx.get_job_id()
