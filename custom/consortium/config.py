@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 from dataclasses import asdict, dataclass, field, fields
@@ -30,6 +31,10 @@ class DataConfig:
     # label value (NIfTI voxel value, DICOM SEG segment number) -> the task's class; values not listed are
     # refused when indexing; 0 is background
     label_map: dict = field(default_factory=lambda: {1: 1})
+    # intensity harmonisation this site applies to its own images before training: hu' = hu_scale * hu +
+    # hu_offset (the pre-flight suggests both in runs/preflight/harmonisation.json); 0 and 1: off
+    hu_offset: float = 0.0
+    hu_scale: float = 1.0
     # tabular tasks (heart): which hospital of the shared CSV, and the CSV (None: the packaged copy)
     center: str | None = None
     csv: Path | None = None
@@ -204,6 +209,13 @@ def _radius(value):
     return (lo, hi)
 
 
+def _finite(value) -> float:
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
 def _label_map(value) -> dict:
     if not isinstance(value, dict) or not value:
         raise ValueError("expected a mapping of label value to class, e.g. {1: 1, 2: 1}")
@@ -238,7 +250,8 @@ def parse_site_config(raw: dict, source: Path) -> SiteConfig:
     if data_raw.get("csv"):
         csv = Path(os.path.expanduser(str(data_raw["csv"])))
         data_raw["csv"] = csv if csv.is_absolute() else (source.parent / csv).resolve()
-    data = _build(DataConfig, data_raw, source, "data", {"label_map": _label_map})
+    data = _build(DataConfig, data_raw, source, "data",
+                  {"label_map": _label_map, "hu_offset": _finite, "hu_scale": _positive(float)})  # fmt: skip
     resources = _build(ResourceConfig, raw.get("resources") or {}, source, "resources", {"num_threads": _positive(int)})
     if resources.device not in ("cpu", "cuda") and not resources.device.startswith("cuda:"):
         raise _fail(source, "resources.device", f"{resources.device!r} unknown", "Use 'cpu', 'cuda' or 'cuda:N'.")
@@ -299,6 +312,8 @@ def site_config_dict(cfg: SiteConfig) -> dict:
     out["data"] = {"dir": str(cfg.data.dir), "manifest": cfg.data.manifest, "modality": cfg.data.modality}
     if cfg.data.label_map != {1: 1}:
         out["data"]["label_map"] = dict(cfg.data.label_map)
+    if (cfg.data.hu_offset, cfg.data.hu_scale) != (0.0, 1.0):
+        out["data"].update(hu_offset=cfg.data.hu_offset, hu_scale=cfg.data.hu_scale)
     if cfg.data.center is not None:
         out["data"]["center"] = cfg.data.center
     if cfg.data.csv is not None:

@@ -241,7 +241,8 @@ def comparison_rows(run: Run) -> list[list[str]]:
 
 def metadata_rows(run: Run) -> list[list[str]]:
     meta, history = run.meta, run.history
-    dp = meta.get("dp") or meta.get("dp_sgd")
+    # the workflow records the job's DP settings under the job spec's own names (run_info)
+    dp = [f"{name} {json.dumps(meta[name])}" for name in ("dp_sgd", "dp_update") if meta.get(name)]
     rows = [
         ["job", str(meta.get("job", run.folder.name))],
         ["task", f"{history.get('task', '?')} (metric: {run.metric})"],
@@ -249,7 +250,7 @@ def metadata_rows(run: Run) -> list[list[str]]:
         ["rounds", f"{len(history['rounds'])} of {history.get('num_rounds', meta.get('rounds', '?'))}"],
         ["algorithm", str(meta.get("algorithm", "fedavg"))],
         ["encrypted aggregation (HE)", "on" if meta.get("he") else ("off" if "he" in meta else "not recorded")],
-        ["differential privacy", json.dumps(dp) if dp else "off"],
+        ["differential privacy", "; ".join(dp) if dp else "off"],
     ]
     for key in ("local_epochs", "lr", "weighting", "finetune_epochs"):
         if key in meta:

@@ -161,3 +161,30 @@ def test_job_summary_keeps_long_site_names_aligned(tmp_path, capsys):
     print_job_summary(tmp_path, history, "")
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  ") and "0." in line]
     assert len(rows) == 2 and len({line.index("0.") for line in rows}) == 1  # the scores start in one column
+
+
+@pytest.mark.parametrize("setting", ["dp_update", "dp_sgd"])
+def test_the_run_table_shows_dp_as_the_job_records_it(tmp_path, setting):
+    """Through the writer: the settings the exported job hands its workflow (run_info) become the run's meta."""
+    from pathlib import Path
+
+    from consortium.jobs import export_job, load_job_spec
+
+    repo = Path(__file__).resolve().parents[2]
+    jobs = tmp_path / "jobs"
+    (jobs / "base").mkdir(parents=True)
+    (jobs / "base" / "job.yaml").write_text((repo / "jobs" / "fedavg" / "job.yaml").read_text())
+    dp = "{clip_norm: 1.0, delta: 1.0e-5, noise_multiplier: 1.0}" if setting == "dp_update" else \
+        "{target_epsilon: 8.0, delta: 1.0e-5, max_grad_norm: 1.0}"  # fmt: skip
+    (jobs / "dp").mkdir()
+    (jobs / "dp" / "job.yaml").write_text(f"base: base\nfinetune_epochs: 0\n{setting}: {dp}\n")
+    folder = export_job(load_job_spec("dp", jobs), tmp_path / "out")
+    server = json.loads((folder / "app/config/config_fed_server.json").read_text())
+    run_info = next(w["args"]["run_info"] for w in server["workflows"] if "run_info" in w.get("args", {}))
+    run = write_run(tmp_path)
+    history = json.loads((run / "metrics.json").read_text())
+    history["meta"] = {**history["meta"], **run_info}
+    (run / "metrics.json").write_text(json.dumps(history))
+    md = write_report(load_run(run))["markdown"].read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| differential privacy"))
+    assert setting in row and "off" not in row

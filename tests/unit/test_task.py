@@ -93,3 +93,15 @@ def test_local_steps_budget_is_the_same_at_every_site(tiny_sites):
     assert {name: r["steps"] for name, r in local.items()} == {name: 2 * steps for name in tiny_sites}
     pooled = run_baselines(spec, tiny_sites, kind="pooled", log=lambda *_: None)["results"]["pooled"]
     assert pooled["steps"] == 2 * steps * len(tiny_sites)
+
+
+def test_site_harmonisation_shifts_hu_before_the_window(tiny_sites):
+    from dataclasses import replace
+
+    cfg = tiny_sites["site-a"]
+    task = get_task("seg2d")
+    plain = next(iter(task.make_loaders(cfg, batch_size=64)[1]))["image"]
+    shifted_cfg = replace(cfg, data=replace(cfg.data, hu_offset=20.0, hu_scale=1.0))
+    shifted = next(iter(task.make_loaders(shifted_cfg, batch_size=64)[1]))["image"]
+    inside = (plain > 0.1) & (plain < 0.9)  # away from the window's clip
+    assert torch.allclose(shifted[inside] - plain[inside], torch.tensor(20.0 / 400.0), atol=1e-4)

@@ -98,16 +98,22 @@ def target_size(sizes_mm: Iterable[tuple[float, float]]) -> tuple[int, int]:
     return tuple(-(-max(n, SIZE_MULTIPLE) // SIZE_MULTIPLE) * SIZE_MULTIPLE for n in (rows, cols))
 
 
-def deterministic_transforms(size: tuple[int, int], label_map: dict | None = None) -> Compose:
+def deterministic_transforms(
+    size: tuple[int, int], label_map: dict | None = None, hu_offset: float = 0.0, hu_scale: float = 1.0
+) -> Compose:
     """Load a slice (HU from RescaleSlope/Intercept, rows x columns, spacing from PixelSpacing) and its mask,
-    resample both to SPACING_MM (bilinear / nearest), window to [0, 1], then pad or crop to `size`."""
+    resample both to SPACING_MM (bilinear / nearest), window to [0, 1], then pad or crop to `size`.
+
+    `hu_scale * hu + hu_offset` is the site's own intensity harmonisation (site config data.hu_offset /
+    hu_scale): windowing the harmonised HU to HU_WINDOW is windowing the stored HU to the shifted bounds."""
+    low, high = ((bound - hu_offset) / hu_scale for bound in HU_WINDOW)
     return Compose([
         # swap_ij=False keeps pydicom's (rows, columns) order, the order masks are stored in.
         LoadImaged(keys="image", reader=PydicomReader(swap_ij=False), image_only=True),
         LoadLabeld(label_map),
         EnsureChannelFirstd(keys=KEYS, channel_dim="no_channel"),
         Spacingd(keys=KEYS, pixdim=SPACING_MM, mode=("bilinear", "nearest")),
-        ScaleIntensityRanged(keys="image", a_min=HU_WINDOW[0], a_max=HU_WINDOW[1], b_min=0.0, b_max=1.0, clip=True),
+        ScaleIntensityRanged(keys="image", a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True),
         ResizeWithPadOrCropd(keys=KEYS, spatial_size=size),  # pads with 0: air after windowing, background
         EnsureTyped(keys=KEYS, dtype=torch.float32, track_meta=False),
     ])  # fmt: skip
@@ -191,7 +197,7 @@ def make_loaders(cfg, *, batch_size: int = 8, seed: int = 0, num_workers: int = 
 
     records, report = load_records(cfg, decode=False)
     size = _site_size(report)
-    steps = deterministic_transforms(size, cfg.data.label_map)
+    steps = deterministic_transforms(size, cfg.data.label_map, cfg.data.hu_offset, cfg.data.hu_scale)
     prepared = {split: _prepare(recs, steps, report, split) for split, recs in records.items()}
     if not prepared["train"]:
         from consortium.data.manifest import DataError
@@ -218,6 +224,6 @@ def make_test_loader(cfg, *, batch_size: int = 32):
     from consortium.data.manifest import load_records
 
     records, report = load_records(cfg, decode=False)
-    steps = deterministic_transforms(_site_size(report), cfg.data.label_map)
+    steps = deterministic_transforms(_site_size(report), cfg.data.label_map, cfg.data.hu_offset, cfg.data.hu_scale)
     data = _prepare(records["train"], steps, report, "train") + _prepare(records["val"], steps, report, "val")
     return DataLoader(Dataset(data), batch_size=batch_size, shuffle=False)
