@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 PYTHON ?= python3
 
-.PHONY: setup demo simulate test test-slow test-all lint clean
+.PHONY: setup demo simulate report-png test test-slow test-all lint clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,11 @@ demo: setup
 simulate: setup
 	$(VENV)/bin/consortium data synth
 	$(VENV)/bin/consortium simulate fedavg
+
+# The report of RUN looked at in headless Chromium (apt-get install chromium) -> RUN/report/report.png.
+RUN ?= runs/fedavg
+report-png: setup
+	$(PY) -m consortium.report_png $(RUN)
 
 test: setup
 	$(PY) -m pytest -m 'not slow' -q
