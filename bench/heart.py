@@ -1,7 +1,7 @@
 """Benchmark: Fed-Heart-Disease (UCI heart disease, 4 real hospitals) next to FLamby's published numbers.
 
 Usage: python bench/heart.py [--seeds 5] [--jobs heart_fedavg heart_fedprox heart_scaffold]
-                             [--variants federated none none@0.01]
+                             [--variants federated local none none@0.003]
 Runs, for every seed and variant, each site alone, pooled data, and the federated jobs in the FLARE
 simulator (the same machinery as the imaging jobs, HE included), then prints mean +- sd over the seeds of
 the accuracy averaged over the 4 hospitals' test splits (FLamby's split), next to FLamby's published results.
@@ -81,8 +81,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--jobs", nargs="+", default=["heart_fedavg", "heart_fedprox", "heart_scaffold"])
-    parser.add_argument("--variants", nargs="+", default=["federated", "none", "none@0.01"],
-                        help="standardise[@lr] per column (default: federated none none@0.01)")  # fmt: skip
+    parser.add_argument("--variants", nargs="+", default=["federated", "local", "none", "none@0.003"],
+                        help="standardise[@lr] per column (default: federated local none none@0.003)")  # fmt: skip
     parser.add_argument("--runs", default=str(ROOT / "runs" / "bench_heart"))
     args = parser.parse_args()
 
