@@ -4,6 +4,10 @@
 TASK_TRAIN = "train"
 TASK_VALIDATE = "validate"
 TASK_SUBMIT_MODEL = "submit_model"
+# after training: each site trains the job's initial model on its own data alone, with the same epochs and
+# learning-rate schedule as the federated rounds (the job's `train_alone`); cross-site evaluation then
+# scores that model on every site's data: "is the shared model better than training alone?"
+TASK_TRAIN_ALONE = "train_alone"
 
 # Metric keys reported by sites (FLModel.metrics).
 METRIC_TRAIN_LOSS = "train_loss"
@@ -11,6 +15,7 @@ METRIC_TRAIN_LOSS = "train_loss"
 METRIC_SCORE = "val_score"  # score of the model a site *received*
 METRIC_LOCAL_SCORE = "local_score"  # the same score of the site's locally trained model
 METRIC_PERSONAL_SCORE = "personalized_score"  # the global model after fine-tuning at the site
+METRIC_ALONE_SCORE = "alone_score"  # the model this site trained alone (train_alone), on its own validation data
 METRIC_STEPS = "steps"  # optimizer steps of local training this round
 METRIC_NUM_TRAIN = "num_train"
 METRIC_NUM_VAL = "num_val"
@@ -24,12 +29,13 @@ METRIC_DP_UPDATE_EPSILON = "dp_update_epsilon"  # the Gaussian update filter's o
 
 # Meta keys of tasks and results.
 META_FINETUNE_EPOCHS = "finetune_epochs"  # final validation: fine-tune the global model this many epochs
-META_MODEL_KIND = "model_kind"
+META_MODEL_KIND = "model_kind"  # submit_model: "alone", "personalized" or "local" (last round's training)
+META_ALONE_ROUNDS = "alone_rounds"  # train_alone: the job's rounds (epochs and lr schedule as in the job)
 # train, validate: the global mean and std of each feature (job option `standardise: federated`), sent with the model
 META_FEATURE_STATS = "feature_stats"
 # train: the job ids of one logical run, first to current (a resumed job continues its predecessors); sites
 # continue their privacy accounting from the ledger of the latest earlier job in the chain
-META_RUN_CHAIN = "run_chain"  # submit_model: "local" (last round's local training) or "personalized"
+META_RUN_CHAIN = "run_chain"
 
 # Shareable header carrying a site's error text to the server when a task fails there.
 HEADER_SITE_ERROR = "consortium_site_error"
@@ -46,6 +52,7 @@ GLOBAL_MODEL_FILE = "global_model.pt"
 CROSS_SITE_FILE = "cross_site.json"  # the cross-site matrix: every model on every site's validation data
 # Written by each site into its own run directory: its fine-tuned model, which never has to leave it.
 PERSONAL_MODEL_FILE = "personalized_model.pt"
+ALONE_MODEL_FILE = "alone_model.pt"  # the site's model trained alone; leaves it only for cross-site evaluation
 PRIVACY_LEDGER_FOLDER = "consortium_privacy"  # <site workspace>/consortium_privacy/<job id>.json: DP steps spent
 METRICS_FILE = "metrics.json"
 CHECKPOINT_FILE = "checkpoint.pt"  # the server's last complete round (model, ciphertext under HE): resume point

@@ -42,6 +42,10 @@ class JobSpec:
     weighting: str = "steps"  # a site's aggregation weight: its local steps (FedAvg), or "uniform"
     server_momentum: float = 0.0  # FedAvgM's beta, applied at the sites (algorithms.ServerMomentum); 0: none
     cross_site: bool = True  # end with FLARE's cross-site evaluation: every model on every site's data
+    # after training each site also trains the initial model alone (same epochs and schedule); cross-site
+    # evaluation then scores the shared model against each site's own: "better than training alone?"
+    # None: on, except in DP jobs (that model is not DP and leaves the site); true with DP is refused
+    train_alone: bool | None = None
     # seconds a round (and each evaluation task) waits for a site before going on without it
     round_timeout: int = 600
     # DP-SGD at every site: {target_epsilon (whole job, per site) | noise_multiplier, delta, max_grad_norm}
@@ -51,6 +55,11 @@ class JobSpec:
     # tabular tasks: z-score the features with the global mean/std from FLARE's federated statistics (federated),
     # each site's own (local), or not at all (none); None: the task's default (heart: federated; seg2d: none)
     standardise: str | None = None
+
+    @property
+    def alone(self) -> bool:
+        """Whether sites also train alone: train_alone, or by default whenever the job has no DP."""
+        return self.train_alone if self.train_alone is not None else not (self.dp_sgd or self.dp_update)
 
     @property
     def round_budget(self) -> str:
@@ -135,6 +144,12 @@ class JobSpec:
                 "must be null with dp_sgd: the DP-SGD accountant plans its steps from local_epochs",
             ),
             (
+                dp is None or self.train_alone is not True,
+                "train_alone",
+                f"must be false with {dp}: the model a site trains alone is not differentially private and leaves "
+                "the site for cross-site evaluation",
+            ),
+            (
                 dp is None or self.finetune_epochs == 0,
                 "finetune_epochs",
                 f"must be 0 with {dp}: fine-tuning is not differentially private and its model leaves the site "
@@ -209,6 +224,10 @@ def _coerce(kind: str, value):
         return None if value is None else _whole(value)
     if kind == "str | None":
         return None if value is None else str(value)
+    if kind == "bool | None":
+        if value is not None and not isinstance(value, bool):
+            raise TypeError("expected true, false or null")
+        return value
     if kind == "dict | None":
         if value is not None and not isinstance(value, dict):
             raise TypeError("expected a mapping of settings")
@@ -250,6 +269,7 @@ def build_job(spec: JobSpec, *, stream_logs: bool = True, resume_from: str = "")
         algorithm=spec.algorithm,
         fedprox_mu=spec.prox_mu if spec.algorithm == "fedprox" and spec.prox_mu > 0 else None,
         finetune_epochs=spec.finetune_epochs,
+        train_alone=spec.alone,
         round_timeout=spec.round_timeout,
         resume_from=resume_from,
         feature_stats_id=feature_stats_id,
@@ -306,7 +326,7 @@ def build_job(spec: JobSpec, *, stream_logs: bool = True, resume_from: str = "")
         server_momentum=spec.server_momentum,
         standardise=spec.standardise,
     )
-    job.to_clients(trainer, tasks=[C.TASK_TRAIN, C.TASK_VALIDATE, C.TASK_SUBMIT_MODEL])
+    job.to_clients(trainer, tasks=[C.TASK_TRAIN, C.TASK_VALIDATE, C.TASK_SUBMIT_MODEL, C.TASK_TRAIN_ALONE])
     job.to_clients({"submit_task_result_timeout": SUBMIT_RESULT_TIMEOUT})  # a variable of the client app config
     # Stream each site's job log to the server, so `consortium logs/status` show a site's own errors.
     if stream_logs:

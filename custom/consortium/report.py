@@ -87,6 +87,10 @@ def load_run(folder: Path, baselines: Path | None = None) -> Run:
             setattr(run, kind, results)
             if data.get("job") and data.get("job") != run.meta.get("job", data.get("job")):
                 run.notes.append(f"the {kind} baseline was trained with the settings of job '{data['job']}'")
+    if run.local is None:  # the job's own train_alone models (the base job trains them; see report_alone.py)
+        from consortium.report_alone import alone_results
+
+        run.local = alone_results(history)
     return run
 
 
@@ -363,7 +367,10 @@ def _section(title: str, text: str, header: list[str] | None = None, rows=None) 
 def write_report(run: Run) -> dict[str, Path]:
     out = run.folder / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
+    from consortium.report_alone import plot_shared_vs_alone
+
     plots = {
+        "answer": plot_shared_vs_alone(run, out / "shared_vs_alone.png"),
         "learning_curves": plot_learning_curves(run, out / "learning_curves.png"),
         "cross_site": plot_cross_site(run, out / "cross_site.png"),
         "privacy": plot_privacy(run, out / "privacy.png"),
@@ -382,8 +389,13 @@ def write_report(run: Run) -> dict[str, Path]:
     )
     if run.local is None:
         text += (
-            f" No local-only baseline in {run.baseline_dir}: run `{baseline_cmd}` (with the run's --site-configs "
-            "and --runs) to answer the question."
+            f" No model trained alone: the job has `train_alone: false` and there is no local-only baseline in "
+            f"{run.baseline_dir}; run `{baseline_cmd}` (with the run's --site-configs and --runs) to answer it."
+        )
+    elif run.history.get("alone"):
+        text += (
+            " 'Trained alone': in this run each hospital also trained the same initial model on its own data "
+            "only, with the job's rounds x local epochs and learning-rate schedule."
         )
     sections.append(_section("Is the shared model better for my hospital?", text, header, rows))
     sections.append(_section("Run", "", ["setting", "value"], metadata_rows(run)))
@@ -397,7 +409,8 @@ def write_report(run: Run) -> dict[str, Path]:
         rows = [[m] + [_fmt(matrix["scores"].get(m, {}).get(s)) for s in matrix["sites"]] for m in matrix["models"]]
         text = (
             "Every model on every site's validation data (FLARE cross-site evaluation). A site's model is the "
-            "final global model fine-tuned at that site, or its last local training if the job does not fine-tune."
+            "model it trained alone (train_alone), else the final global model fine-tuned at that site, or its "
+            "last local training if the job does neither."
         )
         sections.append(_section("Cross-site evaluation", text, header, rows))
     else:
@@ -440,7 +453,8 @@ def write_report(run: Run) -> dict[str, Path]:
         text = "; ".join(run.notes)
         sections.append(_section("Notes", text))
 
-    plot_for = {"Learning curves": "learning_curves", "Cross-site evaluation": "cross_site", "Privacy spent": "privacy"}
+    plot_for = {"Is the shared model better for my hospital?": "answer", "Learning curves": "learning_curves",
+                "Cross-site evaluation": "cross_site", "Privacy spent": "privacy"}  # fmt: skip
     title = f"Consortium report: {run.meta.get('job', run.folder.name)}"
     md = [f"# {title}", ""]
     body = [f"<h1>{html.escape(title)}</h1>"]

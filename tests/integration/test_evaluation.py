@@ -23,6 +23,7 @@ he: false
 algorithm: scaffold
 server_momentum: 0.5
 finetune_epochs: 1
+train_alone: false  # so a site's cross-site model is its fine-tuned one (train_alone: test_simulator.py)
 """
 
 

@@ -47,6 +47,15 @@ def test_fedavg_simulation_improves_dice(small_sites, tmp_path):
     state = torch.load(out / "global_model.pt")
     task.build_model().load_state_dict(state)  # the saved global model loads into the task's model
 
+    # train_alone (the base job): each site trained the initial model alone with the same budget, and the
+    # cross-site matrix scores those models on every site's data
+    alone = history["alone"]
+    assert set(alone) == {"site-a", "site-b"}
+    for name, m in alone.items():
+        assert m["steps"] == sum(r["sites"][name]["steps"] for r in history["rounds"])
+        assert history["cross_site"]["scores"][name][name] == pytest.approx(m["alone_score"], abs=1e-6)
+    assert "trained alone, validation Dice" in proc.stdout
+
 
 def test_he_job_matches_plaintext_fedavg(small_sites, tmp_path):
     """One round of the (HE) fedavg job in the simulator gives the plaintext FedAvg global model within CKKS precision,

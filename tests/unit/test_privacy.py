@@ -470,6 +470,7 @@ DP_SGD = "dp_sgd: {target_epsilon: 8, delta: 1.0e-5, max_grad_norm: 1.0}\n"
         ("dp_sgd: 8\n", "field 'dp_sgd'"),
         ("algorithm: fedprox\nprox_mu: 0.01\n" + DP_SGD, "'dp_sgd': cannot be combined with algorithm: fedprox"),
         ("finetune_epochs: 1\n" + DP_SGD, "'finetune_epochs': must be 0 with dp_sgd"),
+        ("train_alone: true\n" + DP_SGD, "'train_alone': must be false with dp_sgd"),
         (
             "algorithm: scaffold\ndp_update: {clip_norm: 1, delta: 1.0e-5, target_epsilon: 20}\n",
             "'dp_update': cannot be combined with algorithm: scaffold",

@@ -67,10 +67,10 @@ def test_full_report_has_every_section_plot_and_number(tmp_path):
         "Privacy spent",
     ):
         assert f"<h2>{section}</h2>" in html.replace("&#x27;", "'") and f"## {section}" in md
-    for name in ("learning_curves", "cross_site", "privacy"):
+    for name in ("answer", "learning_curves", "cross_site", "privacy"):
         assert files[name].read_bytes().startswith(PNG_MAGIC)
         assert f"]({files[name].name})" in md  # markdown references the PNG next to it
-    assert html.count("data:image/png;base64,") == 3 and 'src="learning_curves.png"' not in html  # self-contained
+    assert html.count("data:image/png;base64,") == 4 and 'src="learning_curves.png"' not in html  # self-contained
     # the answer, per site, from the numbers: a 0.84 fine-tuned vs 0.77 alone; b 0.62 vs 0.66 alone
     assert "| hospital-a | 0.810 | 0.840 | 0.770 | yes: the fine-tuned model scores +0.070" in md
     assert "| hospital-b | 0.620 | – | 0.660 | no: training alone scores +0.040 higher" in md
@@ -188,3 +188,21 @@ def test_the_run_table_shows_dp_as_the_job_records_it(tmp_path, setting):
     md = write_report(load_run(run))["markdown"].read_text()
     row = next(line for line in md.splitlines() if line.startswith("| differential privacy"))
     assert setting in row and "off" not in row
+
+
+def test_the_answer_comes_from_the_runs_own_alone_training(tmp_path):
+    """A train_alone job needs no baseline run: the sites' alone models and their cross-site rows answer it."""
+    run = write_run(tmp_path, baselines=False)
+    history = json.loads((run / "metrics.json").read_text())
+    history["alone"] = {"hospital-a": {"alone_score": 0.84, "steps": 30}, "hospital-b": {"alone_score": 0.7}}
+    (run / "metrics.json").write_text(json.dumps(history))
+    files = write_report(load_run(run))
+    md = files["markdown"].read_text()
+    assert "No model trained alone" not in md and "each hospital also trained the same initial model" in md
+    # a: fine-tuned 0.84 vs alone 0.84 (its cross-site row on its own data); b: global 0.62 vs alone 0.70
+    assert "| hospital-b | 0.620 | – | 0.700 | no: training alone scores +0.080 higher" in md
+    assert "shared 0.620 vs alone 0.400" in md  # a's alone model on b's data, from the cross-site matrix
+    assert files["answer"].read_bytes().startswith(PNG_MAGIC)
+    history.pop("alone")
+    (run / "metrics.json").write_text(json.dumps(history))
+    assert "No model trained alone" in write_report(load_run(run))["markdown"].read_text()

@@ -132,6 +132,7 @@ class SiteTrainer(Executor):
             self.log_info(fl_ctx, line)
         self.local_params: dict | None = None
         self.personal_params: dict | None = None  # fine-tuned at this site; leaves it only for cross-site eval
+        self.alone_params: dict | None = None  # trained here alone (train_alone); leaves only for cross-site eval
         self._ready = True
 
     def _standardisation(self, shareable: Shareable):
@@ -160,6 +161,8 @@ class SiteTrainer(Executor):
                 return self._validate(shareable, fl_ctx)
             if task_name == C.TASK_SUBMIT_MODEL:
                 return self._submit_model(fl_ctx)
+            if task_name == C.TASK_TRAIN_ALONE:
+                return self._train_alone(shareable, fl_ctx, abort_signal)
             self.log_error(fl_ctx, f"task '{task_name}' is not handled by SiteTrainer")
             return make_reply(ReturnCode.TASK_UNKNOWN)
         except BudgetRefused as exc:  # not an error: the site's privacy floor says no; the server drops the site
@@ -353,13 +356,43 @@ class SiteTrainer(Executor):
         self.log_info(fl_ctx, f"{self.site_cfg.name}: fine-tuned {epochs} epoch(s): {name} {score:.3f}; saved {path}")
         return score
 
+    def _train_alone(self, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        """Train the job's initial model on this site's data only, with the job's epochs and learning-rate
+        schedule over its rounds: the model this site would have without the consortium."""
+        if self._dp_settings is not None:  # whatever the server asks: this training is not DP
+            raise ValueError("the server asked for training alone, which is not DP, in a job this site trains with DP")
+        incoming = FLModelUtils.from_shareable(shareable)
+        rounds = int((incoming.meta or {}).get(C.META_ALONE_ROUNDS) or 1)
+        model = copy.deepcopy(self.model)
+        load_numpy_state(model, split_controls(incoming.params)[0])
+        start, steps = time.perf_counter(), 0
+        for r in range(rounds):
+            lr = round_lr(self.lr, r, rounds, self.lr_schedule)
+            result = self.task.train(model, self.train_loader, epochs=self._epochs(), max_steps=self.local_steps,
+                                     lr=lr, device=self.device, should_stop=lambda: abort_signal.triggered)
+            steps += result.steps
+            if abort_signal.triggered:
+                return make_reply(ReturnCode.TASK_ABORTED)
+        score = self.task.evaluate(model, self.val_loader, device=self.device)
+        self.alone_params = state_to_numpy(model)
+        run_dir = fl_ctx.get_engine().get_workspace().get_run_dir(fl_ctx.get_job_id())
+        path = os.path.join(run_dir, C.ALONE_MODEL_FILE)
+        torch.save({k: torch.as_tensor(v) for k, v in self.alone_params.items()}, path)
+        seconds = time.perf_counter() - start
+        name = getattr(self.task, "METRIC_NAME", "score")
+        self.log_info(fl_ctx, f"{self.site_cfg.name}: trained alone, {rounds} rounds, {steps} steps in "
+                              f"{seconds:.0f} s: {name} {score:.3f}; saved {path}")  # fmt: skip
+        metrics = {C.METRIC_ALONE_SCORE: score, C.METRIC_STEPS: steps, C.METRIC_SECONDS: seconds}
+        return FLModelUtils.to_shareable(FLModel(metrics=metrics))
+
     def _submit_model(self, fl_ctx: FLContext) -> Shareable:
-        """This site's own model for cross-site evaluation: fine-tuned if the job fine-tunes, else last local."""
-        params = self.personal_params if self.personal_params is not None else self.local_params
+        """This site's own model for cross-site evaluation: trained alone if the job did (train_alone), else
+        fine-tuned if the job fine-tunes, else the last round's local model."""
+        kinds = (("alone", self.alone_params), ("personalized", self.personal_params), ("local", self.local_params))
+        kind, params = next(((k, p) for k, p in kinds if p is not None), (None, None))
         if params is None:
             self.log_error(fl_ctx, "submit_model: this site has not trained in this job yet")
             return make_reply(ReturnCode.EMPTY_RESULT)
-        kind = "personalized" if self.personal_params is not None else "local"
         # weight 1: an HE job encrypts this model like an update, and the validating site divides by 1
         meta = {FLMetaKey.NUM_STEPS_CURRENT_ROUND: 1, C.META_MODEL_KIND: kind}
         if kind == "local":  # only the DP-trained model carries DP accounting for the site's PrivacyGuard

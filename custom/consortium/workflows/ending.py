@@ -38,6 +38,25 @@ class JobEnd:
             self.info(f"[progress] after {self.finetune_epochs} fine-tuning epoch(s) at each site: {shown}")
         self._write_history()
 
+    def _train_alone(self) -> None:
+        """Each present site trains the job's initial model on its own data alone (train_alone): the model
+        cross-site evaluation then compares with the shared one on every site's data."""
+        initial = self.load_model()  # the task's initial model, as round 0 sent it (plaintext: no data in it)
+        initial.meta = {**(initial.meta or {}), C.META_ALONE_ROUNDS: self.num_rounds}
+        present = self._history.get("present") or None
+        self.info(f"[progress] training alone at each site: the initial model, {self.num_rounds} rounds of local "
+                  "epochs on the site's own data")  # fmt: skip
+        results = self.send_model_and_wait(
+            task_name=C.TASK_TRAIN_ALONE, data=initial, targets=present, timeout=self.round_timeout * self.num_rounds
+        )
+        alone = self._history.setdefault("alone", {})
+        for res in results:
+            alone[(res.meta or {}).get("client_name", "?")] = dict(res.metrics or {})
+        metric = self._history["meta"]["metric"]
+        shown = ", ".join(f"{s} {m.get(C.METRIC_ALONE_SCORE, float('nan')):.3f}" for s, m in sorted(alone.items()))
+        self.info(f"[progress] trained alone, validation {metric} at each site's own data: {shown or 'none'}")
+        self._write_history()
+
     def _confirm_lost_sites(self) -> None:
         """Wait (at most LOST_CONFIRM_WAIT s) until the server has declared the sites lost to timeouts dead.
 

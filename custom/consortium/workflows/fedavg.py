@@ -43,6 +43,7 @@ class ConsortiumFedAvg(SiteResults, JobEnd, FedAvg):
         final_validation: bool = True,
         algorithm: str = "fedavg",
         finetune_epochs: int = 0,
+        train_alone: bool = False,
         run_info: dict | None = None,
         round_timeout: int = 600,
         resume_from: str = "",
@@ -60,6 +61,7 @@ class ConsortiumFedAvg(SiteResults, JobEnd, FedAvg):
         self.final_validation = final_validation
         self.algorithm = algorithm
         self.finetune_epochs = finetune_epochs
+        self.train_alone = bool(train_alone)
         self.run_info = dict(run_info or {})  # job settings recorded with the results (job, he, ...)
         self.round_timeout = int(round_timeout)
         self.resume_from = resume_from
@@ -138,6 +140,8 @@ class ConsortiumFedAvg(SiteResults, JobEnd, FedAvg):
             self._write_history()
         if self.final_validation and self._global is not None and not self.abort_signal.triggered:
             self._final_validation()
+        if self.train_alone and self._global is not None and not self.abort_signal.triggered:
+            self._train_alone()
         self._confirm_lost_sites()
 
     def _initial_model(self) -> tuple[FLModel, int]:
