@@ -105,3 +105,14 @@ def test_site_harmonisation_shifts_hu_before_the_window(tiny_sites):
     shifted = next(iter(task.make_loaders(shifted_cfg, batch_size=64)[1]))["image"]
     inside = (plain > 0.1) & (plain < 0.9)  # away from the window's clip
     assert torch.allclose(shifted[inside] - plain[inside], torch.tensor(20.0 / 400.0), atol=1e-4)
+
+
+def test_site_size_uses_each_slices_own_spacing():
+    from collections import Counter
+
+    from consortium.data.manifest import DataReport
+    from consortium.tasks.seg2d import _site_size
+
+    report = DataReport(site="x", folder=".")
+    report.fields_mm = Counter({(512 * 0.4, 512 * 0.4): 30, (400 * 0.8, 400 * 0.8): 40, (512 * 0.5, 512 * 0.5): 30})
+    assert _site_size(report) == (400, 400)  # 40 slices of 320 mm at 0.8 mm: the most common field of view

@@ -34,6 +34,7 @@ class DataReport:
     sizes: Counter = field(default_factory=Counter)  # (rows, columns) -> slices
     spacings: Counter = field(default_factory=Counter)  # (row, column) spacing in mm -> slices
     rescales: Counter = field(default_factory=Counter)  # (slope, intercept) -> slices
+    fields_mm: Counter = field(default_factory=Counter)  # (rows x row spacing, columns x column spacing) -> slices
 
     def summary(self) -> str:
         lines = [f"{self.site}: {self.usable['train']} train / {self.usable['val']} val slices usable in {self.folder}"]
@@ -173,7 +174,9 @@ def load_records(cfg: SiteConfig, *, decode: bool = True) -> tuple[dict[str, lis
         records[row.split].append(record)
         report.usable[row.split] += 1
         report.sizes[(int(ds.Rows), int(ds.Columns))] += 1
-        report.spacings[tuple(round(float(v), 4) for v in getattr(ds, "PixelSpacing", (0, 0)))] += 1
+        spacing = tuple(round(float(v), 4) for v in getattr(ds, "PixelSpacing", (0, 0)))
+        report.spacings[spacing] += 1
+        report.fields_mm[(int(ds.Rows) * spacing[0], int(ds.Columns) * spacing[1])] += 1
         report.rescales[(float(getattr(ds, "RescaleSlope", 1)), float(getattr(ds, "RescaleIntercept", 0)))] += 1
     if not records["train"]:
         raise DataError(

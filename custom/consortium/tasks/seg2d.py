@@ -180,11 +180,8 @@ def _prepare(records: list[dict], steps: Compose, report, split: str) -> list[di
 
 
 def _site_size(report) -> tuple[int, int]:
-    sizes_mm = []
-    for (rows, cols), n in report.sizes.items():
-        spacing = report.spacings.most_common(1)[0][0] if report.spacings else SPACING_MM
-        sizes_mm += [(rows * spacing[0], cols * spacing[1])] * n
-    return target_size(sizes_mm)
+    """The site's training size from each slice's own field of view (its size times its own spacing)."""
+    return target_size([fov for fov, n in report.fields_mm.items() for _ in range(n)])
 
 
 def make_loaders(cfg, *, batch_size: int = 8, seed: int = 0, num_workers: int = 0):
