@@ -364,6 +364,19 @@ def _section(title: str, text: str, header: list[str] | None = None, rows=None) 
     return title, "\n\n".join(md), body
 
 
+def html_page(title: str, body: list[str], max_width: int = 960) -> str:
+    """A self-contained HTML page (plain tables, embedded images) around `body`."""
+    style = (
+        f"body{{font-family:sans-serif;max-width:{max_width}px;margin:2em auto;color:#222}}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
+        "th{background:#f3f3f3}img{max-width:100%}"
+    )
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body>{''.join(body)}</body></html>"
+    )
+
+
 def write_report(run: Run) -> dict[str, Path]:
     out = run.folder / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
@@ -466,17 +479,8 @@ def write_report(run: Run) -> dict[str, Path]:
             md += [f"![{name}]({png.name})", ""]
             data = base64.b64encode(png.read_bytes()).decode()
             body.append(f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">')
-    style = (
-        "body{font-family:sans-serif;max-width:960px;margin:2em auto;color:#222}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
-        "th{background:#f3f3f3}img{max-width:100%}"
-    )
-    page = (
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{style}</style></head><body>{''.join(body)}</body></html>"
-    )
     (out / "report.md").write_text("\n".join(md))
-    (out / "report.html").write_text(page)
+    (out / "report.html").write_text(html_page(title, body))
     files = {"html": out / "report.html", "markdown": out / "report.md"}
     files.update({k: v for k, v in plots.items() if v is not None})
     files["tensorboard"] = write_tensorboard(run, out / "tensorboard")

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from consortium.argtypes import fraction, positive_int
+
 
 def _sites(args) -> dict:
     from consortium.cli import _sites as sites
@@ -80,20 +82,6 @@ def cmd_data_index(args) -> int:
     return 0
 
 
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < 1:
-        raise ValueError(text)
-    return value
-
-
-def _at_least_one(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(text)
-    return value
-
-
 def register(sub) -> None:
     data = sub.add_parser("data", help="generate, check or index hospital data").add_subparsers(
         dest="action", required=True
@@ -123,7 +111,7 @@ def register(sub) -> None:
     index.add_argument("--site", required=True, help="the site config whose manifest is written")
     index.add_argument("--mapping", help="CSV series_uid,label naming each series' label file explicitly")
     index.add_argument("--manifest", help="where to write the manifest (default: the site config's)")
-    index.add_argument("--min-slices", type=_at_least_one, default=1, help="series with fewer are skipped")
-    index.add_argument("--val-fraction", type=_fraction, default=0.2, help="share of patients for validation")
+    index.add_argument("--min-slices", type=positive_int, default=1, help="series with fewer are skipped")
+    index.add_argument("--val-fraction", type=fraction, default=0.2, help="share of patients for validation")
     index.add_argument("--seed", type=int, default=0, help="seed of the patient-level split")
     index.set_defaults(fn=cmd_data_index)

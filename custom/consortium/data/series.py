@@ -17,6 +17,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from consortium.data.codecs import decode_problem
 from consortium.data.geometry import GeometryError, SliceGeometry, axial_cosine
 
 AXIAL_MIN_COSINE = 0.9  # slice normal within ~25 degrees of the head-foot axis: an axial series
@@ -63,14 +64,6 @@ class Scan:
     files_seen: int = 0
 
 
-def _decode_problem(ds) -> str | None:
-    try:
-        from consortium.data.codecs import decode_problem
-    except ImportError:  # decoder plugins are part of `make setup`; without the module every syntax is tried
-        return None
-    return decode_problem(ds)
-
-
 def _walk(root: Path):
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -110,7 +103,7 @@ def scan_folder(root: Path, *, progress: Callable[[str], None] = print, every: i
         if "PixelData" not in ds:
             scan.skipped_files.append((rel, f"no pixel data ({modality or 'no modality'}: a report or object)"))
             continue
-        problem = _decode_problem(ds)
+        problem = decode_problem(ds)
         if problem:
             scan.skipped_files.append((rel, problem))
             continue

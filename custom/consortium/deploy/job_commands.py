@@ -21,7 +21,6 @@ def cmd_abort(args) -> int:
 
 def cmd_submit(args) -> int:
     from consortium.deploy.admin import download as download_results
-    from consortium.deploy.admin import follow, site_errors
     from consortium.jobs import export_job, load_job_spec
 
     if args.job == PREFLIGHT_JOB:  # FLARE's federated statistics, not a training job
@@ -41,19 +40,28 @@ def cmd_submit(args) -> int:
         print(f"submitted job '{spec.name}' as {job_id}" + (f", continuing job {resume_from}" if resume_from else ""))
         if args.no_wait:
             return 0
-        start = time.perf_counter()
-        status = follow(sess, job_id, timeout=args.timeout)
-        print(f"job {job_id}: {status} after {time.perf_counter() - start:.0f} s")
-        if status != "FINISHED:COMPLETED":
-            for line in sess.get_job_meta(job_id).get("job_deploy_detail") or []:
-                if not line.endswith(": OK"):
-                    print(f"  deploy: {line}")
-            for line in site_errors(sess, job_id):
-                print(f"  {line}")
-            print(f"details: consortium logs {job_id}")
+        if not follow_job(sess, job_id, args.timeout):
             return 1
         out = download_results(sess, job_id, Path(args.runs) / spec.name)
     return _results(args, out)
+
+
+def follow_job(sess, job_id: str, timeout: float) -> bool:
+    """Follow a submitted job to its end, printing its progress; True if it completed, else print why not."""
+    from consortium.deploy.admin import follow, site_errors
+
+    start = time.perf_counter()
+    status = follow(sess, job_id, timeout=timeout)
+    print(f"job {job_id}: {status} after {time.perf_counter() - start:.0f} s")
+    if status == "FINISHED:COMPLETED":
+        return True
+    for line in sess.get_job_meta(job_id).get("job_deploy_detail") or []:
+        if not line.endswith(": OK"):
+            print(f"  deploy: {line}")
+    for line in site_errors(sess, job_id):
+        print(f"  {line}")
+    print(f"details: consortium logs {job_id}")
+    return False
 
 
 def _results(args, out: Path) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from consortium.argtypes import positive_int
 from consortium.deploy.netlab import SERVER_NAME, Lab, Link, NetlabError, check_host, links, on_sigterm
 
 
@@ -175,13 +176,6 @@ def cmd_admin(args) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(text)
-    return value
-
-
 def register(sub) -> None:
     p = sub.add_parser("netlab", help="hospitals on separate hosts on this machine (network namespaces; root)")
     cmds = p.add_subparsers(dest="netlab_command", required=True)
@@ -194,7 +188,7 @@ def register(sub) -> None:
     run.add_argument("--jitter-ms", type=float, default=10.0, help="uniform +- jitter on that delay")
     run.add_argument("--cut-every", type=float, default=20.0, help="cuts/poor: mean seconds of transfer before a cut")
     run.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per job")
-    run.add_argument("--round-timeout", type=_positive_int, default=None,
+    run.add_argument("--round-timeout", type=positive_int, default=None,
                      help="override the job's round_timeout (s); poor links need a few minutes")  # fmt: skip
     env_help = "environment of every kit process, e.g. NVFLARE_STREAMING_ACK_PROGRESS_TIMEOUT=10 (repeatable)"
     run.add_argument("--kit-env", action="append", default=[], metavar="NAME=VALUE", help=env_help)

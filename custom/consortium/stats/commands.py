@@ -92,8 +92,8 @@ def cmd_simulate_preflight(args) -> int:
 
 def cmd_submit_preflight(args) -> int:
     """The pre-flight on the running consortium through the FLARE admin API; results in RUNS/preflight/."""
-    from consortium.deploy.admin import follow, site_errors
     from consortium.deploy.commands import _session
+    from consortium.deploy.job_commands import follow_job
     from consortium.stats.job import export_preflight_job
 
     with _session(args) as sess:
@@ -102,13 +102,7 @@ def cmd_submit_preflight(args) -> int:
         print(f"submitted job '{F.PREFLIGHT_JOB}' as {job_id}")
         if args.no_wait:
             return 0
-        start = time.perf_counter()
-        status = follow(sess, job_id, timeout=args.timeout)
-        print(f"job {job_id}: {status} after {time.perf_counter() - start:.0f} s")
-        if status != "FINISHED:COMPLETED":
-            for line in site_errors(sess, job_id):
-                print(f"  {line}")
-            print(f"details: consortium logs {job_id}")
+        if not follow_job(sess, job_id, args.timeout):
             return 1
         return download_results(sess, job_id, Path(args.runs) / F.PREFLIGHT_JOB)
 

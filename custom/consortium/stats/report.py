@@ -11,7 +11,7 @@ import html
 import json
 from pathlib import Path
 
-from consortium.report import REPORT_DIR, _html_table, _md_table, _plt
+from consortium.report import REPORT_DIR, _html_table, _md_table, _plt, html_page
 from consortium.stats import features as F
 from consortium.stats.job import MAX_BINS_PERCENT, MAX_NOISE_LEVEL, MIN_COUNT, MIN_NOISE_LEVEL
 
@@ -193,15 +193,6 @@ def write_preflight_report(folder: Path) -> dict[str, Path]:
             md += [f"![HU histograms]({png.name})", ""]
             data = base64.b64encode(png.read_bytes()).decode()
             body.append(f'<img alt="HU histograms" src="data:image/png;base64,{data}">')
-    style = (
-        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
-        "th{background:#f3f3f3}img{max-width:100%}"
-    )
-    page = (
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{style}</style></head><body>{''.join(body)}</body></html>"
-    )
     (out / "preflight.md").write_text("\n".join(md))
-    (out / "preflight.html").write_text(page)
+    (out / "preflight.html").write_text(html_page(title, body, max_width=1100))
     return {"html": out / "preflight.html", "markdown": out / "preflight.md", **({"plot": png} if png else {})}
