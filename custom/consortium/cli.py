@@ -80,20 +80,9 @@ def cmd_simulate(args) -> int:
         from consortium.stats.commands import cmd_simulate_preflight
 
         return cmd_simulate_preflight(args)
-    spec = load_job_spec(args.job, args.jobs)
-    if args.rounds is not None:
-        spec = replace(spec, rounds=args.rounds)
-    if args.local_epochs is not None:
-        spec = replace(spec, local_epochs=args.local_epochs)
-    if args.seed is not None:
-        spec = replace(spec, seed=args.seed)
-    if args.lr is not None:
-        spec = replace(spec, lr=args.lr)
-    if args.standardise is not None:
-        spec = replace(spec, standardise=args.standardise)
-    if args.round_timeout is not None:
-        spec = replace(spec, round_timeout=args.round_timeout)
-    spec.validate(Path(args.jobs) / args.job)  # overrides are checked like the job file
+    spec = load_job_spec(args.job, args.jobs).with_overrides(
+        Path(args.jobs) / args.job, rounds=args.rounds, local_epochs=args.local_epochs, seed=args.seed, lr=args.lr,
+        standardise=args.standardise, round_timeout=args.round_timeout)  # fmt: skip
     sites = _sites(args)
     require_data_dirs(sites)
     if len(sites) < spec.min_clients:
@@ -209,9 +198,7 @@ def cmd_baseline(args) -> int:
     from consortium.baselines import run_baselines
     from consortium.jobs import load_job_spec
 
-    spec = load_job_spec(args.job, args.jobs)
-    if args.rounds:
-        spec = replace(spec, rounds=args.rounds)
+    spec = load_job_spec(args.job, args.jobs).with_overrides(Path(args.jobs) / args.job, rounds=args.rounds)
     result = run_baselines(spec, _sites(args), kind=args.kind)
     out = Path(args.runs) / "baselines"
     out.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ build the FLARE job from installed components, export it, or run it in the simul
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from consortium import constants as C
@@ -65,6 +65,21 @@ class JobSpec:
     def round_budget(self) -> str:
         """A site's training per round, in words: "12 local steps" or "2 local epochs"."""
         return f"{self.local_steps} local steps" if self.local_steps else f"{self.local_epochs} local epochs"
+
+    def with_overrides(self, source: Path | str, **changes) -> "JobSpec":
+        """This spec with `changes` (None: keep the job's value), coerced and validated like the job file:
+        the one path every command-line override takes, so `--rounds 0` or `--lr -1` is refused, not ignored."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        known = {f.name for f in fields(JobSpec)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            allowed = ", ".join(sorted(known))
+            raise ConfigError(f"{source}: override '{unknown[0]}': not a job field (allowed: {allowed})")
+        if not changes:
+            return self
+        spec = replace(self, **changes)
+        _coerce_fields(spec, source, names=changes)
+        return spec.validate(Path(source))
 
     def validate(self, source: Path) -> "JobSpec":
         from consortium.algorithms import ALGORITHMS, WEIGHTINGS
@@ -195,13 +210,20 @@ def load_job_spec(name: str, jobs_dir: str | Path) -> JobSpec:
         spec = JobSpec(name=name, **merged)
     except TypeError as exc:
         raise ConfigError(f"{source}: {exc}") from None
-    for f in fields(JobSpec):  # YAML gives "1e-3" as a string: coerce to the declared type
+    _coerce_fields(spec, source)
+    return spec.validate(source)
+
+
+def _coerce_fields(spec: JobSpec, source, names=None) -> None:
+    """YAML gives "1e-3" as a string: coerce each field (or those in `names`) to its declared type, in place."""
+    for f in fields(JobSpec):
+        if names is not None and f.name not in names:
+            continue
         value = getattr(spec, f.name)
         try:
             object.__setattr__(spec, f.name, _coerce(f.type, value))
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{source}: field '{f.name}': {value!r} is not a valid {f.type} ({exc})") from None
-    return spec.validate(source)
 
 
 def _whole(value) -> int:

@@ -131,6 +131,46 @@ def test_relay_delays_keeps_order_and_cuts_a_busy_connection():
     assert stats["cuts"] == 1 and cut is not None
 
 
+def test_relay_cuts_once_where_the_traffic_passes_first_cut_mb():
+    async def scenario():
+        async def sink(reader, writer):
+            try:
+                while await reader.read(65536):
+                    pass
+            except ConnectionError:
+                pass
+            writer.close()
+
+        server = await asyncio.start_server(sink, "127.0.0.1", 0)
+        target = server.sockets[0].getsockname()[:2]
+        relay = Relay(("127.0.0.1", 0), target, first_cut_mb=1.0, log=lambda m: None)  # no random cuts
+        task = asyncio.create_task(relay.run(lifetime=30))
+        while relay.listen[1] == 0:
+            await asyncio.sleep(0.05)
+        sent, cut = 0, None
+        for _ in range(2):  # a second connection after the cut is never cut: the sure cut happens once
+            reader, writer = await asyncio.open_connection(*relay.listen)
+            try:
+                for _ in range(30):  # 3 MB per connection, fast
+                    writer.write(b"z" * 100_000)
+                    await writer.drain()
+                    sent += 100_000
+                    await asyncio.sleep(0.01)
+            except ConnectionError as exc:
+                cut = exc
+            writer.close()
+            await asyncio.sleep(0.2)
+        stats = dict(relay.stats)
+        task.cancel()
+        server.close()
+        return cut, sent, stats
+
+    cut, sent, stats = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert stats["cuts"] == 1 and stats["connections"] == 2
+    assert cut is not None and sent < 6_000_000  # the first connection was reset mid-stream
+    assert stats["bytes"] >= 1_000_000
+
+
 def _prefix(stdout: str) -> str:
     return re.search(r"^lab (cl\d+):", stdout, re.M).group(1)
 

@@ -85,3 +85,16 @@ def test_algorithm_variants_reach_the_exported_job(tmp_path):
     assert client["executors"][0]["executor"]["args"]["local_steps"] == 12
     assert load_job_spec("fedavg_steps", REPO / "jobs").round_budget == "12 local steps"
     assert load_job_spec("fedavg", REPO / "jobs").round_budget == "2 local epochs"
+
+
+def test_every_override_is_validated_like_the_job_file():
+    spec = load_job_spec("fedavg", REPO / "jobs")
+    source = REPO / "jobs" / "fedavg"
+    assert spec.with_overrides(source, rounds=None, lr=None) is spec  # None keeps the job's value
+    changed = spec.with_overrides(source, rounds="3", lr="1e-2")  # coerced like YAML strings
+    assert (changed.rounds, changed.lr, changed.local_epochs) == (3, 0.01, spec.local_epochs)
+    for bad, message in [({"rounds": 0}, "'rounds': must be >= 1"), ({"local_epochs": 0}, "'local_epochs'"),
+                         ({"batch_size": 7.5}, "whole number"), ({"lr": -1.0}, "'lr': must be > 0"),
+                         ({"epochs": 3}, "override 'epochs': not a job field")]:  # fmt: skip
+        with pytest.raises(ConfigError, match=message):
+            spec.with_overrides(source, **bad)

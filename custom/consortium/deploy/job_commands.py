@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from consortium import constants as C
@@ -27,12 +26,8 @@ def cmd_submit(args) -> int:
         from consortium.stats.commands import cmd_submit_preflight
 
         return cmd_submit_preflight(args)
-    spec = load_job_spec(args.job, args.jobs)
-    if args.rounds is not None:
-        spec = replace(spec, rounds=args.rounds)
-    if args.round_timeout is not None:
-        spec = replace(spec, round_timeout=args.round_timeout)
-    spec.validate(Path(args.jobs) / args.job)  # overrides are checked like the job file
+    spec = load_job_spec(args.job, args.jobs).with_overrides(
+        Path(args.jobs) / args.job, rounds=args.rounds, round_timeout=args.round_timeout)  # fmt: skip
     with _session(args) as sess:
         resume_from = resume_target(sess, spec.name, args.resume) if args.resume else ""
         folder = export_job(spec, Path(args.workspace) / "jobs", resume_from=resume_from)

@@ -31,19 +31,20 @@ class Link:
     delay_ms: float = 0.0
     jitter_ms: float = 0.0
     cut_every: float = 0.0  # a connection moving data is cut after this many seconds of transfer on average
+    first_cut_mb: float = 0.0  # with cuts: one sure cut where the link's traffic passes this many MB
 
     @property
     def relayed(self) -> bool:
         return self.delay_ms > 0 or self.cut_every > 0
 
 
-def links(*, rate=20.0, delay=50.0, jitter=10.0, cut_every=20.0) -> dict[str, Link]:
+def links(*, rate=20.0, delay=50.0, jitter=10.0, cut_every=20.0, first_cut_mb=4.0) -> dict[str, Link]:
     return {
         "plain": Link(),
         "slow": Link(rate_mbit=rate),
         "delay": Link(delay_ms=delay, jitter_ms=jitter),
-        "cuts": Link(cut_every=cut_every),
-        "poor": Link(rate_mbit=rate, delay_ms=delay, jitter_ms=jitter, cut_every=cut_every),
+        "cuts": Link(cut_every=cut_every, first_cut_mb=first_cut_mb),
+        "poor": Link(rate_mbit=rate, delay_ms=delay, jitter_ms=jitter, cut_every=cut_every, first_cut_mb=first_cut_mb),
     }
 
 

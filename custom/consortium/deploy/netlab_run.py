@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -44,6 +43,7 @@ def run_link(lab: Lab, name: str, link: Link, *, prod, consortium: dict, job, ti
         relay = [sys.executable, "-m", "consortium.deploy.relay", "--listen", f"{lab.addr['wan']}:{port}"]
         relay += ["--target", f"{lab.addr['server']}:{port}", "--delay-ms", str(link.delay_ms)]
         relay += ["--jitter-ms", str(link.jitter_ms), "--cut-every", str(link.cut_every)]
+        relay += ["--first-cut-mb", str(link.first_cut_mb)]
         lab.start("wan", [*relay, "--lifetime", str(timeout + 600)], env=env, log=logs / "relay.log")
     admin = next(a["name"] for a in consortium["admins"] if a["role"] == "project_admin")
     kits = {"server": prod / SERVER_NAME, **{h: prod / h for h in lab.hospitals}}
@@ -89,7 +89,8 @@ def cmd_run(args) -> int:
 
     check_host()
     on_sigterm()
-    conditions = links(rate=args.rate_mbit, delay=args.delay_ms, jitter=args.jitter_ms, cut_every=args.cut_every)
+    conditions = links(rate=args.rate_mbit, delay=args.delay_ms, jitter=args.jitter_ms, cut_every=args.cut_every,
+                       first_cut_mb=args.first_cut_mb)
     names = [n.strip() for n in args.links.split(",") if n.strip()]
     unknown = [n for n in names if n not in conditions]
     if unknown:
@@ -101,8 +102,7 @@ def cmd_run(args) -> int:
     sites = load_site_configs(args.site_configs)
     require_data_dirs(sites)
     spec = load_job_spec(args.job, args.jobs)
-    spec = replace(spec, rounds=args.rounds) if args.rounds else spec
-    spec = replace(spec, round_timeout=args.round_timeout) if args.round_timeout else spec
+    spec = spec.with_overrides(Path(args.jobs) / args.job, rounds=args.rounds, round_timeout=args.round_timeout)
     lab = Lab(Path(args.workspace).resolve() / "netlab" / f"cl{os.getpid()}", list(sites))
     job = export_job(spec, lab.root / "jobs")
     env = {**os.environ, "HOME": str(lab.root / "home" / "provision")}
@@ -187,6 +187,8 @@ def register(sub) -> None:
     run.add_argument("--delay-ms", type=float, default=50.0, help="added one-way delay of delay/poor links")
     run.add_argument("--jitter-ms", type=float, default=10.0, help="uniform +- jitter on that delay")
     run.add_argument("--cut-every", type=float, default=20.0, help="cuts/poor: mean seconds of transfer before a cut")
+    run.add_argument("--first-cut-mb", type=float, default=4.0,
+                     help="cuts/poor: one sure cut where a link's traffic passes this many MB (0: random cuts only)")
     run.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per job")
     run.add_argument("--round-timeout", type=positive_int, default=None,
                      help="override the job's round_timeout (s); poor links need a few minutes")  # fmt: skip

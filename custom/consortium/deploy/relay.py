@@ -16,11 +16,14 @@ CHUNK = 64 * 1024
 class Relay:
     """Forward every connection on `listen` to `target`; each direction delays each chunk by delay +- jitter
     seconds (deadlines never go backwards, so a connection keeps its byte order); a connection moving data
-    is reset on both sides at random, on average after `cut_every` seconds of transfer."""
+    is reset on both sides at random, on average after `cut_every` seconds of transfer. With `first_cut_mb`,
+    the connection that carries the relay's total past that many MB is cut there, mid-chunk-stream, so a
+    short run on a fast link is cut at least once too (random cuts alone may miss a run of a few seconds)."""
 
-    def __init__(self, listen, target, *, delay=0.0, jitter=0.0, cut_every=0.0, seed=0, log=print):
+    def __init__(self, listen, target, *, delay=0.0, jitter=0.0, cut_every=0.0, first_cut_mb=0.0, seed=0, log=print):
         self.listen, self.target = listen, target
         self.delay, self.jitter, self.cut_every = delay, jitter, cut_every
+        self.first_cut_bytes, self.first_cut_done = int(first_cut_mb * 1e6), False
         self.rng, self.log = random.Random(seed), log
         self.conns: dict[int, dict] = {}
         self.stats = {"connections": 0, "cuts": 0, "bytes": 0}
@@ -46,6 +49,11 @@ class Relay:
             while data := await reader.read(CHUNK):
                 conn["bytes"] += len(data)
                 self.stats["bytes"] += len(data)
+                if self.first_cut_bytes and not self.first_cut_done and self.stats["bytes"] >= self.first_cut_bytes:
+                    self.first_cut_done = True
+                    if conn["cid"] in self.conns:
+                        self._cut(conn["cid"])
+                    break
                 delay = max(0.0, self.delay + self.rng.uniform(-self.jitter, self.jitter))
                 last_due = max(last_due, time.monotonic() + delay)
                 await queue.put((last_due, data))
@@ -66,7 +74,7 @@ class Relay:
         self.stats["connections"] += 1
         cid = self.stats["connections"]
         peer = "%s:%s" % writer.get_extra_info("peername")[:2]
-        conn = {"writers": (writer, up_writer), "peer": peer, "bytes": 0, "seen": 0, "dead": False}
+        conn = {"cid": cid, "writers": (writer, up_writer), "peer": peer, "bytes": 0, "seen": 0, "dead": False}
         self.conns[cid] = conn
         try:
             await asyncio.gather(self._pipe(conn, reader, up_writer), self._pipe(conn, up_reader, writer))
@@ -131,12 +139,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--delay-ms", type=float, default=0.0, help="added one-way delay per chunk")
     p.add_argument("--jitter-ms", type=float, default=0.0, help="uniform +- jitter on that delay")
     p.add_argument("--cut-every", type=float, default=0.0, help="mean seconds of transfer until a cut (0: never)")
+    sure = "cut the connection that carries the relay's traffic past this many MB (0: random cuts only)"
+    p.add_argument("--first-cut-mb", type=float, default=0.0, help=sure)
     p.add_argument("--lifetime", type=float, default=3600.0, help="exit after this many seconds")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     delay, jitter = a.delay_ms / 1000, a.jitter_ms / 1000
     log = lambda msg: print(msg, flush=True)
-    relay = Relay(a.listen, a.target, delay=delay, jitter=jitter, cut_every=a.cut_every, seed=a.seed, log=log)
+    relay = Relay(a.listen, a.target, delay=delay, jitter=jitter, cut_every=a.cut_every,
+                  first_cut_mb=a.first_cut_mb, seed=a.seed, log=log)
     stats = asyncio.run(relay.run(a.lifetime))
     print(f"relay: done: {stats}", flush=True)
     return 0
