@@ -69,13 +69,13 @@ class Consortium:
     def restart(self, name: str) -> None:
         start_kit(self.paths, self.kit(name))
 
-    def wait_done(self, job: str) -> tuple[str, dict]:
-        """The finished job's status and its downloaded metrics.json."""
+    def wait_done(self, job: str, name: str = "fedavg") -> tuple[str, dict]:
+        """The finished job's status and its downloaded metrics.json (`name`: the job definition it ran)."""
         while True:
             line = next((ln for ln in self("status", check=False).stdout.splitlines() if job in ln), "")
             if "FINISHED" in line:
                 self("download", job)
-                return line.split()[-1], json.loads((self.tmp / "runs" / "fedavg" / "metrics.json").read_text())
+                return line.split()[-1], json.loads((self.tmp / "runs" / name / "metrics.json").read_text())
             time.sleep(2)
 
 

@@ -46,7 +46,7 @@ def main() -> None:
                 seconds = sum(r["seconds"] for r in history["rounds"][n - args.every : n]) / args.every
                 rows.append((n, time.time() - start, seconds, rss_mb(c, "localhost"), rss_mb(c, "site-a")))
                 print(f"round {n}: server {rows[-1][3]:.0f} MB, site-a {rows[-1][4]:.0f} MB", flush=True)
-            status, _ = c.wait_done(job)
+            status, _ = c.wait_done(job, args.job)
         finally:
             c("poc", "down", check=False)
     print(f"\n{args.rounds} rounds of {args.job} (3 sites, 32 px generated), final status {status}")
