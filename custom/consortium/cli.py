@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from consortium import constants as C
+from consortium.argtypes import positive_int
 from consortium.config import ConfigError, load_site_configs, require_data_dirs
 from consortium.stats.features import PREFLIGHT_JOB as PREFLIGHT  # built-in data-quality job: no jobs/ folder
 
@@ -82,7 +83,7 @@ def cmd_simulate(args) -> int:
         return cmd_simulate_preflight(args)
     spec = load_job_spec(args.job, args.jobs).with_overrides(
         Path(args.jobs) / args.job, rounds=args.rounds, local_epochs=args.local_epochs, seed=args.seed, lr=args.lr,
-        standardise=args.standardise, round_timeout=args.round_timeout)  # fmt: skip
+        standardise=args.standardise, round_timeout=args.round_timeout, pretrained=args.pretrained)  # fmt: skip
     sites = _sites(args)
     require_data_dirs(sites)
     if len(sites) < spec.min_clients:
@@ -194,6 +195,14 @@ def cmd_simulate_worker(args) -> int:
     return 0 if result in (None, 0) else 1
 
 
+def cmd_pretrain(args) -> int:
+    from consortium.public_start import pretrain
+
+    pretrain(task_name=args.task, cohort_dir=Path(args.cohort), out=Path(args.out), epochs=args.epochs, lr=args.lr,
+             batch_size=args.batch_size, seed=args.seed)  # fmt: skip
+    return 0
+
+
 def cmd_baseline(args) -> int:
     from consortium.baselines import run_baselines
     from consortium.jobs import load_job_spec
@@ -262,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--lr", type=float, help="override the job's learning rate")
     sim.add_argument("--standardise", help="override the job's feature standardisation (federated, local, none)")
     sim.add_argument("--round-timeout", type=int, help="override the job's round_timeout (seconds)")
+    sim.add_argument("--pretrained", help="start from this state dict (e.g. runs/public_start/seg2d.pt)")
     sim.add_argument("--sites", help="comma-separated subset of sites")
     sim.set_defaults(fn=cmd_simulate)
 
@@ -299,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("job")
     submit.add_argument("--rounds", type=int, help="override the job's rounds")
     submit.add_argument("--round-timeout", type=int, help="override the job's round_timeout (seconds)")
+    submit.add_argument("--pretrained", help="start from this state dict (e.g. runs/public_start/seg2d.pt)")
     submit.add_argument(
         "--resume",
         nargs="?",
@@ -343,6 +354,16 @@ def build_parser() -> argparse.ArgumentParser:
     base.add_argument("--rounds", type=int)
     base.add_argument("--sites", help="comma-separated subset of sites")
     base.set_defaults(fn=cmd_baseline)
+    pre = sub.add_parser("pretrain", help="the public start: train the task's model on the public stand-in cohort")
+    pre.add_argument("--task", default="seg2d", help="the task whose model to pretrain")
+    pre.add_argument("--cohort", default="public_cohort", help="folder of the public archives' profiles")
+    pre.add_argument("--out", default="runs/public_start/seg2d.pt", help="where to write the state dict (+ .json)")
+    pre.add_argument("--epochs", type=positive_int, default=20, help="passes over the pooled public cohort")
+    pre.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (cosine schedule)")
+    pre.add_argument("--batch-size", type=positive_int, default=16)
+    pre.add_argument("--seed", type=int, default=0, help="model initialisation and data order")
+    pre.set_defaults(fn=cmd_pretrain)
+
     report = sub.add_parser("report", help="HTML/Markdown report of a run: is the shared model better for each site?")
     report.add_argument("run", help="a run folder (runs/fedavg) or a job name under --runs")
     report.add_argument("--baselines", help="folder with local.json/pooled.json (default: RUN/../baselines)")

@@ -55,6 +55,9 @@ class JobSpec:
     # tabular tasks: z-score the features with the global mean/std from FLARE's federated statistics (federated),
     # each site's own (local), or not at all (none); None: the task's default (heart: federated; seg2d: none)
     standardise: str | None = None
+    # a state dict the hospitals trust to start from (e.g. `consortium pretrain`'s public start), instead of a
+    # random initial model; relative paths are from the working directory. Shipped in the job, checked by hash.
+    pretrained: str | None = None
 
     @property
     def alone(self) -> bool:
@@ -120,7 +123,21 @@ class JobSpec:
             if not ok:
                 raise ConfigError(f"{source}: field '{field}': {problem}")
         self._validate_dp(source)
+        if self.pretrained is not None:
+            self._validate_pretrained(source)
         return self
+
+    def _validate_pretrained(self, source: Path) -> None:
+        """Refuse at load a checkpoint that is missing or does not fit the task's model: nothing runs on it."""
+        from consortium.public_start import load_pretrained
+        from consortium.tasks import get_task
+
+        path = Path(self.pretrained).expanduser().resolve()
+        try:
+            load_pretrained(get_task(self.task).build_model(), path)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: field {exc}") from None
+        object.__setattr__(self, "pretrained", str(path))
 
     def _validate_dp(self, source: Path) -> None:
         from consortium.filters.dp import GaussianUpdateFilter
@@ -295,6 +312,7 @@ def build_job(spec: JobSpec, *, stream_logs: bool = True, resume_from: str = "")
         round_timeout=spec.round_timeout,
         resume_from=resume_from,
         feature_stats_id=feature_stats_id,
+        **_pretrained_args(job, spec),
         run_info={
             "job": spec.name,
             "he": spec.he,
@@ -304,6 +322,7 @@ def build_job(spec: JobSpec, *, stream_logs: bool = True, resume_from: str = "")
             **({"standardise": spec.standardise} if spec.standardise != "none" else {}),
             **({"dp_sgd": spec.dp_sgd} if spec.dp_sgd else {}),
             **({"dp_update": spec.dp_update} if spec.dp_update else {}),
+            **({"pretrained": Path(spec.pretrained).name} if spec.pretrained else {}),
         },
     )
     job.to_server(controller)
@@ -354,6 +373,16 @@ def build_job(spec: JobSpec, *, stream_logs: bool = True, resume_from: str = "")
     if stream_logs:
         job.to_clients(JobLogStreamer(), id="log_streamer")
     return job
+
+
+def _pretrained_args(job, spec: JobSpec) -> dict:
+    """Ship the public start in the server app's config folder (not custom/: it is data, not code)."""
+    if not spec.pretrained:
+        return {}
+    from consortium.public_start import sha256
+
+    job.add_file_to_server(spec.pretrained, app_folder_type="config")
+    return {"pretrained": Path(spec.pretrained).name, "pretrained_sha256": sha256(Path(spec.pretrained))}
 
 
 def export_job(spec: JobSpec, out_dir: str | Path, *, resume_from: str = "") -> Path:

@@ -27,7 +27,8 @@ def cmd_submit(args) -> int:
 
         return cmd_submit_preflight(args)
     spec = load_job_spec(args.job, args.jobs).with_overrides(
-        Path(args.jobs) / args.job, rounds=args.rounds, round_timeout=args.round_timeout)  # fmt: skip
+        Path(args.jobs) / args.job, rounds=args.rounds, round_timeout=args.round_timeout,
+        pretrained=getattr(args, "pretrained", None))  # fmt: skip
     with _session(args) as sess:
         resume_from = resume_target(sess, spec.name, args.resume) if args.resume else ""
         folder = export_job(spec, Path(args.workspace) / "jobs", resume_from=resume_from)

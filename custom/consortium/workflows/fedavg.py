@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import torch
 from nvflare.apis.fl_constant import FLContextKey
@@ -48,6 +49,8 @@ class ConsortiumFedAvg(SiteResults, JobEnd, FedAvg):
         round_timeout: int = 600,
         resume_from: str = "",
         feature_stats_id: str = "",
+        pretrained: str = "",
+        pretrained_sha256: str = "",
         **kwargs,
     ):
         kwargs.setdefault("persistor_id", "")
@@ -66,6 +69,7 @@ class ConsortiumFedAvg(SiteResults, JobEnd, FedAvg):
         self.round_timeout = int(round_timeout)
         self.resume_from = resume_from
         self.feature_stats_id = feature_stats_id  # writer of the job's federated statistics (standardise: federated)
+        self.pretrained, self.pretrained_sha256 = pretrained, pretrained_sha256  # a file of the job's app config
         meta = {**self.run_info, "task": task, "algorithm": algorithm, "rounds": self.num_rounds}
         meta["metric"] = getattr(get_task(task), "METRIC_NAME", "score")
         meta["round_timeout"] = self.round_timeout
@@ -80,6 +84,14 @@ class ConsortiumFedAvg(SiteResults, JobEnd, FedAvg):
     def load_model(self) -> FLModel:
         torch.manual_seed(self.seed)
         model = get_task(self._task).build_model()
+        if self.pretrained:  # the job's public start, shipped in its app config and checked against its hash
+            from consortium.public_start import load_pretrained, sha256
+
+            path = os.path.join(self.engine.get_workspace().get_app_config_dir(self._job_id()), self.pretrained)
+            if sha256(Path(path)) != self.pretrained_sha256:
+                raise ValueError(f"pretrained: {path} differs from the checkpoint the job was built with (SHA-256)")
+            load_pretrained(model, path)
+            self.info(f"[progress] initial model: the public start {self.pretrained} ({self.pretrained_sha256[:12]})")
         params = state_to_numpy(model)
         if self.algorithm == "scaffold":  # the global control variate c starts at zero, travels with the model
             params = with_controls(params, zero_controls(model))
