@@ -1,12 +1,16 @@
 """Benchmark: the demo job with DP-SGD at epsilon 1, 3, 8 and without DP (delta 1e-5), and the cost of a DP-SGD step.
 
 Usage: python bench/dp.py [--epsilons 1 3 8] [--rounds N] [--batch-size B] [--max-grad-norm C] [--lr LR]
-                          [--no-train] [--no-timing]
+                          [--public-start runs/public_start/seg2d.pt [--public-epsilons 1 8] [--public-lr 1e-3]]
+                          [--no-clip-only] [--no-train] [--no-timing]
 Prints validation Dice of the final global model per hospital and setting (FLARE simulator, job `fedavg_dp`
 with only the target epsilon changed; "no DP" is the same job without dp_sgd; "clip only" keeps DP-SGD's
 per-patient clipping and Poisson sampling with noise multiplier 0.001, i.e. no meaningful privacy, to separate
 the cost of the noise from that of the mechanics), and the time of one training step on the demo UNet:
 plain, DP-SGD as the sites run it, and Opacus's stock per-sample gradients.
+With --public-start (a checkpoint from `consortium pretrain`, trained on public_cohort/, which no hospital
+owns) it adds: the public start fine-tuned without DP, and with DP-SGD at each of --public-epsilons, training
+all weights and only the decoder (dp_sgd.trainable: decoder), at --public-lr (fine-tuning).
 Generates the demo data first if it is missing.
 """
 
@@ -49,6 +53,16 @@ def _variants(args, jobs: Path) -> dict[str, str]:
             clip_only["max_grad_norm"] = args.max_grad_norm
         names["clip only"] = _write(jobs, "bench_clip_only", {"dp_sgd": clip_only, **extra})
     names["no DP"] = _write(jobs, "bench_no_dp", {"dp_sgd": None, **extra})
+    if args.public_start:
+        public = {**extra, "pretrained": str(Path(args.public_start).resolve()), "lr": args.public_lr}
+        names["public, no DP"] = _write(jobs, "bench_public_no_dp", {"dp_sgd": None, **public})
+        for eps in args.public_epsilons:
+            for trainable in ("all", "decoder"):
+                dp_sgd = {**dp, "target_epsilon": eps, "delta": DELTA, "trainable": trainable}
+                if args.max_grad_norm:
+                    dp_sgd["max_grad_norm"] = args.max_grad_norm
+                label = f"public, eps {eps:g}" + (", dec." if trainable == "decoder" else "")
+                names[label] = _write(jobs, f"bench_public_{eps:g}_{trainable}", {"dp_sgd": dp_sgd, **public})
     return names
 
 
@@ -154,6 +168,9 @@ def main() -> int:
     parser.add_argument("--max-grad-norm", type=float, help="override the DP-SGD clipping bound")
     parser.add_argument("--steps", type=int, default=40, help="timed steps per kind")
     parser.add_argument("--runs", default=str(ROOT / "runs" / "bench_dp"), help="where each run's results go")
+    parser.add_argument("--public-start", help="a pretrained checkpoint (consortium pretrain): adds the public rows")
+    parser.add_argument("--public-epsilons", type=float, nargs="+", default=[1.0, 8.0])
+    parser.add_argument("--public-lr", type=float, default=1e-3, help="learning rate of the public-start runs")
     parser.add_argument("--no-clip-only", action="store_true", help="skip the run with clipping but ~no noise")
     parser.add_argument("--no-train", action="store_true", help="only time the steps")
     parser.add_argument("--no-timing", action="store_true", help="only train")
@@ -173,13 +190,13 @@ def main() -> int:
         none = next(r for r in rows if r[0] == "no DP")
         base = sum(none[1].values()) / len(sites)
         print(f"\nvalidation Dice of the final global model (delta {DELTA:g}; epsilon per site, whole job):")
-        print(f"{'setting':12s} " + " ".join(f"{s:>11s}" for s in sites) + f" {'mean':>6s} {'vs no DP':>8s}", end="")
+        print(f"{'setting':20s} " + " ".join(f"{s:>11s}" for s in sites) + f" {'mean':>6s} {'vs no DP':>8s}", end="")
         print(f" {'epsilon spent':>22s} {'noise mult.':>18s} {'seconds':>8s}")
         for label, dice, eps, noise, seconds in rows:
             mean = sum(dice.values()) / len(sites)
             spent = "/".join(_short(eps.get(s), ".2f") for s in sites)
             sigma = "/".join(_short(noise.get(s), ".3g") for s in sites)
-            print(f"{label:12s} " + " ".join(f"{dice[s]:11.3f}" for s in sites), end="")
+            print(f"{label:20s} " + " ".join(f"{dice[s]:11.3f}" for s in sites), end="")
             print(f" {mean:6.3f} {mean - base:+8.3f} {spent:>22s} {sigma:>18s} {seconds:8.0f}")
     return 0
 

@@ -255,7 +255,8 @@ class SiteTrainer(SiteModels, Executor):
             if self._dp_settings is None:
                 return None
             dp = SiteDPSGD(
-                self._dp_settings, model=self.model, train_loader=self.train_loader, batch_size=self.batch_size
+                self._dp_settings, model=self.model, train_loader=self.train_loader, batch_size=self.batch_size,
+                decoder_pattern=getattr(self.task, "DECODER_PARAMS", None),
             )
             prior = ledger.load_prior(ledger.site_root(fl_ctx), list(incoming.meta.get(C.META_RUN_CHAIN) or []))
             if prior:  # a resumed job: what this site spent in the jobs it continues still counts
@@ -271,6 +272,7 @@ class SiteTrainer(SiteModels, Executor):
                 f"{site}: DP-SGD over {dp.num_patients} patients ({dp.num_samples} samples): noise multiplier "
                 f"{sigma:.3f}, per-patient clipping {dp.settings.max_grad_norm:g}, Poisson rate {dp.sample_rate:.3f} "
                 f"per patient, {dp.steps_per_round} steps per round, delta {dp.settings.delta:g}; "
+                f"trains {dp.trained_weights:,} weights ({dp.settings.trainable}); "
                 f"site cap max_epsilon {floor.max_epsilon}",
             )
         check_round(

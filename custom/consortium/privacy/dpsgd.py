@@ -10,6 +10,7 @@ The task's own `train()` runs unchanged on the wrapped model, the batches and th
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -31,17 +32,51 @@ class DPSGDSettings:
     max_grad_norm: float
     target_epsilon: float | None = None
     noise_multiplier: float | None = None
+    # which weights DP-SGD trains: "all", "decoder" (the task's DECODER_PARAMS pattern) or a regex over parameter
+    # names; the rest stay as the job's initial model (e.g. a public start). Fewer trained weights, less noise.
+    trainable: str = "all"
 
     @classmethod
     def from_dict(cls, raw, where: str = "dp_sgd") -> "DPSGDSettings":
         """Parse and validate; errors name `where.<key>` and how to fix it."""
+        raw = dict(raw) if isinstance(raw, dict) else raw
+        trainable = raw.pop("trainable", "all") if isinstance(raw, dict) else "all"
         values = read_dp_settings(
             raw,
             where=where,
             required=("delta", "max_grad_norm"),
             example="target_epsilon: 8, delta: 1.0e-5, max_grad_norm: 1.0",
         )
-        return cls(**values)
+        if not isinstance(trainable, str) or not trainable:
+            raise ValueError(f"{where}.trainable: {trainable!r}; use all, decoder, or a regex of parameter names")
+        if trainable not in ("all", "decoder"):
+            try:
+                re.compile(trainable)
+            except re.error as exc:
+                raise ValueError(f"{where}.trainable: {trainable!r} is not a regex ({exc})") from None
+        return cls(**values, trainable=trainable)
+
+    def to_dict(self) -> dict:
+        out = {"delta": self.delta, "max_grad_norm": self.max_grad_norm, "trainable": self.trainable}
+        key = "target_epsilon" if self.target_epsilon is not None else "noise_multiplier"
+        return {**out, key: getattr(self, key)}
+
+
+def freeze_for_dp(model: nn.Module, trainable: str, *, decoder_pattern: str | None = None) -> int:
+    """Leave only the `trainable` weights to DP-SGD (requires_grad); returns how many weights it trains.
+    Refuses a pattern that matches nothing, or "decoder" for a task without DECODER_PARAMS."""
+    if trainable == "all":
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if trainable == "decoder" and not decoder_pattern:
+        raise ValueError("dp_sgd.trainable: decoder: this task names no decoder (DECODER_PARAMS); use all or a regex")
+    pattern = re.compile(decoder_pattern if trainable == "decoder" else trainable)
+    kept = 0
+    for name, p in model.named_parameters():
+        p.requires_grad_(bool(pattern.search(name)))
+        kept += p.numel() if p.requires_grad else 0
+    if kept == 0:
+        raise ValueError(f"dp_sgd.trainable: {trainable!r} matches none of the model's parameters")
+    return kept
 
 
 def secure_generator() -> torch.Generator:
@@ -130,11 +165,14 @@ class PoissonPatients:
 class SiteDPSGD:
     """Wraps a site's model and training data once per job; hands out a DP optimizer per round; accounts."""
 
-    def __init__(self, settings: DPSGDSettings, *, model: nn.Module, train_loader, batch_size: int):
+    def __init__(
+        self, settings: DPSGDSettings, *, model: nn.Module, train_loader, batch_size: int, decoder_pattern=None
+    ):
         problems = ModuleValidator.validate(model, strict=False)
         if problems:
             raise ValueError(f"DP-SGD cannot train this model: {'; '.join(str(p) for p in problems)}")
         self.settings = settings
+        self.trained_weights = freeze_for_dp(model, settings.trainable, decoder_pattern=decoder_pattern)
         dataset = train_loader.dataset
         patients = patient_groups(dataset)
         self.num_patients, self.num_samples = len(patients), len(dataset)
@@ -184,7 +222,7 @@ class SiteDPSGD:
     def optimizer(self, lr: float) -> PatientDPOptimizer:
         """This round's optimizer (Adam, reset every round like plain training) with clipping and noise."""
         self._optimizer = PatientDPOptimizer(
-            torch.optim.Adam(self.module.parameters(), lr=lr),
+            torch.optim.Adam([p for p in self.module.parameters() if p.requires_grad], lr=lr),
             noise_multiplier=self.noise_multiplier,
             max_grad_norm=self.settings.max_grad_norm,
             expected_batch_size=self.expected_patients,

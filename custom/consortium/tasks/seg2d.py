@@ -37,6 +37,8 @@ warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
 logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
 
 METRIC_NAME = "Dice"  # what evaluate() returns; reports and progress lines use this name
+# the UNet's up path (MONAI nests each level's decoder as `.2` after its skip connection): dp_sgd.trainable: decoder
+DECODER_PARAMS = r"^model(\.1\.submodule)*\.2\."
 HU_WINDOW = (-160.0, 240.0)  # abdominal soft-tissue window
 KEYS = ("image", "label")
 # Every slice is resampled to this pixel spacing (mm; labels by nearest neighbour) before training, so a
