@@ -34,7 +34,7 @@ simulate: setup
 # The report of RUN looked at in headless Chromium (apt-get install chromium) -> RUN/report/report.png.
 RUN ?= runs/fedavg
 report-png: setup
-	$(PY) -m consortium.report_png $(RUN)
+	$(PY) -m consortium.report.png $(RUN)
 
 test: setup
 	$(PY) -m pytest -m 'not slow' -q

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from consortium.report import load_run, write_report
-from consortium.report_png import BROWSERS, RenderError, main, render_png
+from consortium.report.png import BROWSERS, RenderError, main, render_png
 
 SITES = ["hospital-a", "hospital-b"]
 needs_browser = pytest.mark.skipif(
@@ -60,7 +60,7 @@ def test_report_renders_to_a_non_blank_png_of_the_asked_width(tmp_path, capsys):
 
 def test_missing_html_and_missing_browser_are_clear_errors(tmp_path, monkeypatch):
     proc = subprocess.run(
-        [sys.executable, "-m", "consortium.report_png", str(tmp_path)], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "consortium.report.png", str(tmp_path)], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 2 and "consortium report" in proc.stderr
     (tmp_path / "r.html").write_text("<p>x</p>")

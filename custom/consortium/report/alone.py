@@ -35,7 +35,7 @@ def plot_shared_vs_alone(run, out: Path) -> Path | None:
     sites = [s for s in run.sites if s in (run.local or {})]
     if not sites:
         return None
-    from consortium.report import _plt
+    from consortium.report.plots import _plt
 
     plt = _plt()
     fig, axes = plt.subplots(1, len(sites), figsize=(3.2 * len(sites) + 0.6, 3.2), sharey=True, squeeze=False)

@@ -1,4 +1,4 @@
-"""Render a run's report.html to a PNG with headless Chromium: `python -m consortium.report_png RUN`."""
+"""Render a run's report.html to a PNG with headless Chromium: `python -m consortium.report.png RUN`."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def _kill_group(pgid: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m consortium.report_png", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m consortium.report.png", description=__doc__)
     parser.add_argument("run", type=Path, help="a run folder with report/report.html (runs/fedavg)")
     parser.add_argument("--out", type=Path, help="the PNG to write (default: RUN/report/report.png)")
     parser.add_argument("--width", type=int, default=1280)
