@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from consortium.cli import build_parser
-from consortium.cli_reference import commands, options
+from consortium.cli.reference import commands, options
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
 
@@ -20,4 +20,4 @@ def test_cli_doc_names_every_command_and_flag():
             continue
         section = text.split(f"### `{path}`", 1)[1].split("\n### ", 1)[0]
         missing += [f"{path} {name}" for name, _ in options(leaf) if name not in section]
-    assert not missing, f"not in docs/cli.md (regenerate: python -m consortium.cli_reference): {missing}"
+    assert not missing, f"not in docs/cli.md (regenerate: python -m consortium.cli.reference): {missing}"

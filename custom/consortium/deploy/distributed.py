@@ -139,10 +139,3 @@ def init(defn: ConsortiumDef, consortium_dir: Path) -> dict:
         kits[participant["name"]] = kit
     write_server_policies(kits[defn.server_name], consortium_dir / "storage", heartbeat_timeout=defn.heartbeat_timeout)
     return {"fingerprint": ca["rootca_fingerprint_sha256"], "kits": kits}
-
-
-def register(sub) -> None:
-    """Add `consortium ca ...` (consortium admin) and `consortium site ...` (at a hospital)."""
-    from consortium.deploy.distributed_cli import add_commands
-
-    add_commands(sub)

@@ -210,10 +210,3 @@ def on_sigterm() -> None:
     """SIGTERM and SIGHUP unwind like Ctrl-C, so the lab's finally-blocks remove what it made."""
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda signum, _: sys.exit(128 + signum))
-
-
-def register(sub) -> None:
-    """Add the `consortium netlab ...` commands (in netlab_run, which drives a lab)."""
-    from consortium.deploy.netlab_run import register as register_commands
-
-    register_commands(sub)

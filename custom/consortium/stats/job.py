@@ -113,9 +113,9 @@ def simulator_stats_file(workspace: Path) -> Path:
 
 
 if __name__ == "__main__":
-    from consortium.cli import _stop_simulator_on_term
+    from consortium.runtime import stop_simulator_on_term
 
-    _stop_simulator_on_term()
+    stop_simulator_on_term()
     sites_arg, configs_arg, workspace_arg = sys.argv[1:4]
     sites = sites_arg.split(",")
     result = simulate_preflight(sites=sites, site_config_dir=Path(configs_arg), workspace=Path(workspace_arg))

@@ -161,7 +161,7 @@ def _pin(p, flag: str, whose: str) -> None:
     group.add_argument("--trust-ca", action="store_true", help="skip the check: trust the consortium CA alone")
 
 
-def add_commands(sub) -> None:
+def add_distributed(sub) -> None:
     ca = sub.add_parser("ca", help="consortium admin: CA, server kit, approve hospitals (distributed provisioning)")
     ca_sub = ca.add_subparsers(dest="action", required=True)
     site = sub.add_parser("site", help="at a hospital: own key, request, kit, HE key (distributed provisioning)")

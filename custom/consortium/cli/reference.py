@@ -1,6 +1,6 @@
 """The reference of every `consortium` command and flag, as Markdown, from the parser itself.
 
-    python -m consortium.cli_reference > /tmp/ref.md    # docs/cli.md keeps it below its overview
+    python -m consortium.cli.reference > /tmp/ref.md    # docs/cli.md keeps it below its overview
 
 A test checks that docs/cli.md names every command and flag the parser knows, so the two cannot drift.
 """

@@ -8,18 +8,13 @@ import time
 from pathlib import Path
 
 from consortium.argtypes import fraction, positive_int
-
-
-def _sites(args) -> dict:
-    from consortium.cli import _sites as sites
-
-    return sites(args)
+from consortium.cli.common import sites
 
 
 def cmd_data_synth(args) -> int:
     from consortium.data.synth import generate_site
 
-    for name, cfg in _sites(args).items():
+    for name, cfg in sites(args).items():
         if cfg.synthetic is None:
             print(f"{name}: uses its own data at {cfg.data.dir} (no 'synthetic' section), skipped")
             continue
@@ -44,7 +39,7 @@ def cmd_data_check(args) -> int:
     from consortium.data.manifest import DataError, load_records
 
     failed = 0
-    for cfg in _sites(args).values():
+    for cfg in sites(args).values():
         try:
             _, report = load_records(cfg)
             print(report.summary())
@@ -82,7 +77,7 @@ def cmd_data_index(args) -> int:
     return 0
 
 
-def register(sub) -> None:
+def add_data(sub) -> None:
     data = sub.add_parser("data", help="generate, check or index hospital data").add_subparsers(
         dest="action", required=True
     )

@@ -1,21 +1,13 @@
-"""`consortium` commands on jobs of a running consortium: submit (and resume), download, abort."""
+"""`consortium submit | download`: a job on a running consortium (and its resumption), and its results."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-from consortium import constants as C
-from consortium.deploy.commands import _paths, _session, _state
+from consortium.cli.deploy import admin_session, poc_paths, poc_state
+from consortium.cli.results import finish_run
 from consortium.stats.features import PREFLIGHT_JOB
-
-
-def cmd_abort(args) -> int:
-    with _session(args) as sess:
-        sess.abort_job(args.job_id)
-    print(f"asked the server to abort job {args.job_id}; `consortium status` shows its state")
-    return 0
 
 
 def cmd_submit(args) -> int:
@@ -23,13 +15,13 @@ def cmd_submit(args) -> int:
     from consortium.jobs import export_job, load_job_spec
 
     if args.job == PREFLIGHT_JOB:  # FLARE's federated statistics, not a training job
-        from consortium.stats.commands import cmd_submit_preflight
+        from consortium.cli.preflight import cmd_submit_preflight
 
         return cmd_submit_preflight(args)
     spec = load_job_spec(args.job, args.jobs).with_overrides(
         Path(args.jobs) / args.job, rounds=args.rounds, round_timeout=args.round_timeout,
         pretrained=getattr(args, "pretrained", None))  # fmt: skip
-    with _session(args) as sess:
+    with admin_session(args) as sess:
         resume_from = resume_target(sess, spec.name, args.resume) if args.resume else ""
         folder = export_job(spec, Path(args.workspace) / "jobs", resume_from=resume_from)
         job_id = sess.submit_job(str(folder.resolve()))
@@ -39,7 +31,20 @@ def cmd_submit(args) -> int:
         if not follow_job(sess, job_id, args.timeout):
             return 1
         out = download_results(sess, job_id, Path(args.runs) / spec.name)
-    return _results(args, out)
+    return finish_run(out, key=_hospital_key(args))
+
+
+def _hospital_key(args):
+    """Production: the admin holds no hospital key (None). POC: every hospital kit is here; the first one's key."""
+    if getattr(args, "admin_kit", None):
+        return None
+
+    def key() -> tuple[Path, str]:
+        state = poc_state(args)
+        site = state["sites"][0]
+        return poc_paths(args).prod(state["project"]) / site / "startup" / "client_context.tenseal", f"{site}'s kit key"
+
+    return key
 
 
 def follow_job(sess, job_id: str, timeout: float) -> bool:
@@ -60,43 +65,23 @@ def follow_job(sess, job_id: str, timeout: float) -> bool:
     return False
 
 
-def _results(args, out: Path) -> int:
-    """After a job: the plaintext model (POC: decrypted with a local hospital kit's key), summary, report."""
-    history = json.loads((out / C.METRICS_FILE).read_text())
-    he = bool(history.get("meta", {}).get("he"))
-    if he and getattr(args, "admin_kit", None):  # production: the admin holds no hospital key
-        print(f"HE: {out / C.GLOBAL_MODEL_FILE} is ciphertext; a hospital decrypts it with `consortium he decrypt`")
-    elif he:  # in POC every hospital kit is here: release the plaintext model with the first one's key
-        from consortium.he.release import release_plaintext
-
-        state = _state(args)
-        site = state["sites"][0]
-        kit_context = _paths(args).prod(state["project"]) / site / "startup" / "client_context.tenseal"
-        release_plaintext(out, kit_context, f"{site}'s kit key")
-        history = json.loads((out / C.METRICS_FILE).read_text())
-    from consortium.report import print_job_summary
-
-    print_job_summary(out, history, "")
-    return 0
-
-
 def cmd_download(args) -> int:
     """Results of a finished job (e.g. one submitted with --no-wait) into runs/<job name>/."""
     from consortium.deploy.admin import AdminError
     from consortium.deploy.admin import download as download_results
 
-    with _session(args) as sess:
+    with admin_session(args) as sess:
         meta = sess.get_job_meta(args.job_id)
         status = meta.get("status", "")
         if not status.startswith("FINISHED"):
             raise AdminError(f"job {args.job_id} is {status or 'unknown'}; download it once it has finished")
         if meta.get("name") == PREFLIGHT_JOB:
-            from consortium.stats.commands import download_results as download_preflight
+            from consortium.stats.results import download_results as download_preflight
 
             return download_preflight(sess, args.job_id, Path(args.runs) / PREFLIGHT_JOB)
         out = download_results(sess, args.job_id, Path(args.runs) / meta.get("name", args.job_id))
     print(f"job {args.job_id}: {status}; results in {out}")
-    return _results(args, out)
+    return finish_run(out, key=_hospital_key(args))
 
 
 def resume_target(sess, name: str, wanted: str) -> str:
@@ -112,3 +97,28 @@ def resume_target(sess, name: str, wanted: str) -> str:
     if not unfinished:
         raise AdminError(f"--resume: no unfinished job '{name}' on the server; submit it without --resume")
     return sorted(unfinished, key=lambda j: j.get("submit_time", ""))[-1]["job_id"]
+
+
+def add_submit(sub) -> None:
+    submit = sub.add_parser("submit", help="submit a job through the FLARE admin API and follow it")
+    submit.add_argument("job")
+    submit.add_argument("--rounds", type=int, help="override the job's rounds")
+    submit.add_argument("--round-timeout", type=int, help="override the job's round_timeout (seconds)")
+    submit.add_argument("--pretrained", help="start from this state dict (e.g. runs/public_start/seg2d.pt)")
+    submit.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        metavar="JOB_ID",
+        help="continue an interrupted job from its last complete round (default: the latest unfinished job of "
+        "this name), e.g. after a server restart",
+    )
+    submit.add_argument("--no-wait", action="store_true", help="return after submitting")
+    submit.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the job (default 1800)")
+    submit.set_defaults(fn=cmd_submit)
+
+
+def add_download(sub) -> None:
+    download = sub.add_parser("download", help="download a finished job's results into --runs/<job name>/")
+    download.add_argument("job_id")
+    download.set_defaults(fn=cmd_download)
