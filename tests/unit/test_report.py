@@ -206,3 +206,40 @@ def test_the_answer_comes_from_the_runs_own_alone_training(tmp_path):
     history.pop("alone")
     (run / "metrics.json").write_text(json.dumps(history))
     assert "No model trained alone" in write_report(load_run(run))["markdown"].read_text()
+
+
+@pytest.mark.parametrize(
+    "setting, spent_key, expected",
+    [
+        (None, None, "| differential privacy | off |"),
+        ("dp_sgd", "dp_epsilon", '| differential privacy | dp_sgd {"target_epsilon": 8.0, "delta": 1e-05} |'),
+        ("dp_update", "dp_update_epsilon", '| differential privacy | dp_update {"clip_norm": 1.0, "delta": 1e-05} |'),
+    ],
+)
+def test_a_run_record_renders_the_dp_line_of_its_job(tmp_path, setting, spent_key, expected):
+    """A record built through the schema (runrecord) of a job without DP, with dp_sgd and with dp_update:
+    the run table names the job's DP setting, and 'Privacy spent' shows the epsilon its accountant reported."""
+    from consortium import runrecord as R
+
+    meta = {R.Meta.JOB: "dp", R.Meta.METRIC: "Dice", R.Meta.HE: False}
+    if setting:
+        meta[setting] = (
+            {"target_epsilon": 8.0, "delta": 1e-5} if setting == "dp_sgd" else {"clip_norm": 1.0, "delta": 1e-5}
+        )
+    record = R.new(task="seg2d", num_rounds=2, meta=meta)
+    for r in range(2):
+        spent = {spent_key: 2.0 * (r + 1)} if spent_key else {}
+        if setting == "dp_sgd":  # DP-SGD's delta comes with each site's epsilon; the update filter's is the job's
+            spent["dp_delta"] = 1e-5
+        sites = {s: {"val_score": 0.5, **spent} for s in SITES}
+        record[R.ROUNDS].append({R.Round.ROUND: r, R.Round.SECONDS: 1.0, R.Round.SITES: sites})
+    record[R.FINAL] = {s: {"val_score": 0.6} for s in SITES}
+    (tmp_path / "dp").mkdir()
+    R.write(tmp_path / "dp", record)
+    md = write_report(load_run(tmp_path / "dp"))["markdown"].read_text()
+    assert expected in md.splitlines()
+    if setting:
+        assert "Differential privacy was off" not in md and "| hospital-b | 4.00 | 2 |" in md
+        assert "at delta 1e-05" in md
+    else:
+        assert "Differential privacy was off" in md

@@ -1,7 +1,7 @@
 """The report's headline: each hospital's shared model against the model it trained alone in the same run.
 
-A job with `train_alone` (the base job) records each site's alone training in metrics.json (`alone`), and its
-cross-site evaluation scores those models on every site's data (submit_model sends the alone model). From
+A job with `train_alone` (the base job) records each site's alone training in the run record (`alone`), and
+its cross-site evaluation scores those models on every site's data (submit_model sends the alone model). From
 that the report answers "is the shared model better for my hospital?" without a separate baseline run.
 """
 
@@ -10,17 +10,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from consortium import constants as C
+from consortium import runrecord as R
+from consortium.report.plots import _plt
 
 
-def alone_results(history: dict) -> dict | None:
+def alone_results(history: R.RunRecord) -> dict | None:
     """{trained_on: {"scores": {data_of: score}}} of the models trained alone in this run, or None."""
-    alone = history.get("alone") or {}
+    alone = history.get(R.ALONE) or {}
     if not alone:
         return None
-    matrix = history.get("cross_site") or {}
+    matrix = history.get(R.CROSS_SITE) or {}
+    scores_of = matrix.get(R.Matrix.SCORES) or {}
     out = {}
     for site, metrics in alone.items():
-        scores = dict((matrix.get("scores") or {}).get(site) or {}) if site in (matrix.get("models") or []) else {}
+        scores = dict(scores_of.get(site) or {}) if site in (matrix.get(R.Matrix.MODELS) or []) else {}
         if metrics.get(C.METRIC_ALONE_SCORE) is not None:
             scores.setdefault(site, metrics[C.METRIC_ALONE_SCORE])
         out[site] = {"scores": scores, "steps": metrics.get(C.METRIC_STEPS), "seconds": metrics.get(C.METRIC_SECONDS)}
@@ -30,13 +33,11 @@ def alone_results(history: dict) -> dict | None:
 def plot_shared_vs_alone(run, out: Path) -> Path | None:
     """One panel per hospital: the shared (global) model and that hospital's model trained alone, on each
     site's data (its own first)."""
-    matrix = run.history.get("cross_site") or {}
-    shared = (matrix.get("scores") or {}).get("global") or {s: run.final_score(s) for s in run.sites}
+    matrix = run.history.get(R.CROSS_SITE) or {}
+    shared = (matrix.get(R.Matrix.SCORES) or {}).get(R.Matrix.GLOBAL) or {s: run.final_score(s) for s in run.sites}
     sites = [s for s in run.sites if s in (run.local or {})]
     if not sites:
         return None
-    from consortium.report.plots import _plt
-
     plt = _plt()
     fig, axes = plt.subplots(1, len(sites), figsize=(3.2 * len(sites) + 0.6, 3.2), sharey=True, squeeze=False)
     for ax, site in zip(axes[0], sites, strict=True):

@@ -1,11 +1,12 @@
-"""The report's plots: learning curves, the cross-site heatmap, privacy spent per round."""
+"""The report's plots (matplotlib, written as PNG): learning curves, the cross-site matrix, privacy spent."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from consortium import constants as C
-from consortium.report.run import Run
+from consortium import runrecord as R
+from consortium.report.privacy import spent_by_setting
 
 
 def _plt():
@@ -17,18 +18,26 @@ def _plt():
     return plt
 
 
-def plot_learning_curves(run: Run, out: Path) -> Path:
+def _save(plt, fig, ax, title: str, out: Path) -> Path:
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_learning_curves(run, out: Path) -> Path:
     """Per site: score of the global model it received each round (solid) and after local training (dashed)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
-    rounds = run.history["rounds"]
+    rounds = run.rounds
     for i, site in enumerate(run.sites):
         color = f"C{i}"
         xs, received, local = [], [], []
         for r in rounds:
-            m = (r.get("sites") or {}).get(site)
+            m = (r.get(R.Round.SITES) or {}).get(site)
             if m and m.get(C.METRIC_SCORE) is not None:
-                xs.append(r["round"])
+                xs.append(r[R.Round.ROUND])
                 received.append(m[C.METRIC_SCORE])
                 local.append(m.get(C.METRIC_LOCAL_SCORE))
         ax.plot(xs, received, "-o", color=color, markersize=3, label=f"{site}: global model")
@@ -42,20 +51,16 @@ def plot_learning_curves(run: Run, out: Path) -> Path:
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    ax.set_title("Learning curves per site")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, ax, "Learning curves per site", out)
 
 
-def plot_cross_site(run: Run, out: Path) -> Path | None:
-    matrix = run.history.get("cross_site")
+def plot_cross_site(run, out: Path) -> Path | None:
+    matrix = run.history.get(R.CROSS_SITE)
     if not matrix:
         return None
     plt = _plt()
-    models, sites = matrix["models"], matrix["sites"]
-    values = [[matrix["scores"].get(m, {}).get(s) for s in sites] for m in models]
+    models, sites = matrix[R.Matrix.MODELS], matrix[R.Matrix.SITES]
+    values = [[matrix[R.Matrix.SCORES].get(m, {}).get(s) for s in sites] for m in models]
     grid = [[float("nan") if v is None else v for v in row] for row in values]
     fig, ax = plt.subplots(figsize=(1.4 * len(sites) + 2.5, 0.6 * len(models) + 1.8))
     image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis")
@@ -67,39 +72,26 @@ def plot_cross_site(run: Run, out: Path) -> Path | None:
             if v is not None:
                 ax.text(j, i, f"{v:.3f}", ha="center", va="center", color="white" if v < 0.6 else "black")
     fig.colorbar(image, ax=ax, label=run.metric)
-    ax.set_title("Cross-site evaluation")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, ax, "Cross-site evaluation", out)
 
 
-def privacy_by_round(run: Run) -> dict[str, list[tuple[int, float]]]:
-    spent: dict[str, list[tuple[int, float]]] = {}
-    for r in run.history["rounds"]:
-        for site, m in (r.get("sites") or {}).items():
-            if m.get(C.METRIC_DP_EPSILON) is not None:
-                spent.setdefault(site, []).append((r["round"], float(m[C.METRIC_DP_EPSILON])))
-    return spent
-
-
-def plot_privacy(run: Run, out: Path) -> Path | None:
-    spent = privacy_by_round(run)
+def plot_privacy(run, out: Path) -> Path | None:
+    """Cumulative epsilon per site and round: DP-SGD's solid, the update noise's dashed."""
+    spent = spent_by_setting(run)
     if not spent:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    for i, (site, points) in enumerate(sorted(spent.items())):
-        ax.plot([p[0] for p in points], [p[1] for p in points], "-o", markersize=3, color=f"C{i}", label=site)
+    colors = {site: f"C{i}" for i, site in enumerate(sorted({s for by_site in spent.values() for s in by_site}))}
+    for setting, by_site in spent.items():
+        style = "-o" if setting == R.Meta.DP_SGD else "--s"
+        for site, points in sorted(by_site.items()):
+            label = site if len(spent) == 1 else f"{site} ({setting})"
+            xs, ys = [p[0] for p in points], [p[1] for p in points]
+            ax.plot(xs, ys, style, markersize=3, color=colors[site], label=label)
     ax.set_xlabel("round")
     ax.set_ylabel("epsilon spent (cumulative)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title("Privacy spent per site (DP-SGD accountant)")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
-
-
-# -- tables ------------------------------------------------------------------------------------------------
+    which = {R.Meta.DP_SGD: "DP-SGD accountant", R.Meta.DP_UPDATE: "accountant of the noise on the update"}
+    return _save(plt, fig, ax, f"Privacy spent per site ({' and '.join(which[s] for s in spent)})", out)

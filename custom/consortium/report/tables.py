@@ -1,19 +1,20 @@
-"""The report's tables as rows of strings, and their Markdown and HTML forms."""
+"""The report's tables as rows of text: the answer per site, the comparison, the run's settings, availability."""
 
 from __future__ import annotations
 
-import html
-import json
-
 from consortium import constants as C
-from consortium.report.run import Run
+from consortium import runrecord as R
+from consortium.report.page import Section, _section
+from consortium.report.privacy import dp_line
+
+SHOWN_SETTINGS = (R.Meta.LOCAL_EPOCHS, R.Meta.LR)  # job settings the run table shows when the record has them
 
 
 def _fmt(value) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
-def answer_rows(run: Run) -> list[list[str]]:
+def answer_rows(run) -> list[list[str]]:
     """Per site: the global model vs what the site could train alone, and the verdict."""
     rows = []
     for site in run.sites:
@@ -34,7 +35,7 @@ def answer_rows(run: Run) -> list[list[str]]:
     return rows
 
 
-def _others(run: Run, site: str) -> str:
+def _others(run, site: str) -> str:
     """The global model vs the site's local-only model on the *other* sites' data (generalisation)."""
     others = [s for s in run.sites if s != site]
     shared = [run.final_score(s) for s in others]
@@ -47,7 +48,7 @@ def _others(run: Run, site: str) -> str:
     return text
 
 
-def comparison_rows(run: Run) -> list[list[str]]:
+def comparison_rows(run) -> list[list[str]]:
     """Per site: federated (global, fine-tuned), each local-only model, pooled."""
     rows = [["federated: global model"] + [_fmt(run.final_score(s)) for s in run.sites]]
     if any(run.final_score(s, C.METRIC_PERSONAL_SCORE) is not None for s in run.sites):
@@ -62,74 +63,57 @@ def comparison_rows(run: Run) -> list[list[str]]:
     return rows
 
 
-def metadata_rows(run: Run) -> list[list[str]]:
+def metadata_rows(run) -> list[list[str]]:
     meta, history = run.meta, run.history
-    # the workflow records the job's DP settings under the job spec's own names (run_info)
-    dp = [f"{name} {json.dumps(meta[name])}" for name in ("dp_sgd", "dp_update") if meta.get(name)]
+    he = "on" if meta.get(R.Meta.HE) else ("off" if R.Meta.HE in meta else "not recorded")
     rows = [
-        ["job", str(meta.get("job", run.folder.name))],
-        ["task", f"{history.get('task', '?')} (metric: {run.metric})"],
+        ["job", run.job],
+        ["task", f"{history.get(R.TASK, '?')} (metric: {run.metric})"],
         ["sites", ", ".join(run.sites)],
-        ["rounds", f"{len(history['rounds'])} of {history.get('num_rounds', meta.get('rounds', '?'))}"],
-        ["algorithm", str(meta.get("algorithm", "fedavg"))],
-        ["encrypted aggregation (HE)", "on" if meta.get("he") else ("off" if "he" in meta else "not recorded")],
-        ["differential privacy", "; ".join(dp) if dp else "off"],
+        ["rounds", f"{len(run.rounds)} of {history.get(R.NUM_ROUNDS, meta.get(R.Meta.ROUNDS, '?'))}"],
+        ["algorithm", str(meta.get(R.Meta.ALGORITHM, "fedavg"))],
+        ["encrypted aggregation (HE)", he],
+        ["differential privacy", dp_line(meta)],
     ]
-    for key in ("local_epochs", "lr", "weighting", "finetune_epochs"):
+    for key in SHOWN_SETTINGS:
         if key in meta:
             rows.append([key.replace("_", " "), str(meta[key])])
-    if history.get("wall_seconds"):
-        rows.append(["wall time", f"{history['wall_seconds']:.0f} s"])
+    if history.get(R.WALL_SECONDS):
+        rows.append(["wall time", f"{history[R.WALL_SECONDS]:.0f} s"])
     return rows
 
 
-def availability_sections(history: dict) -> list:
+def availability_sections(history: R.RunRecord) -> list[Section]:
     """'Sites lost or dropped' (every round in which not every site contributed, with the reasons) and
     'Interruptions' (resumes after a server restart, or an early end): empty when nothing went wrong."""
-    sections, rows = [], []
-    for r in history.get("rounds", []):
-        missing = [f"{s}: {why}" for s, why in sorted((r.get("dropped") or {}).items())]
-        missing += [f"{s}: absent since an earlier round, not awaited" for s in r.get("not_awaited") or []]
+    K, sections, rows = R.Round, [], []
+    for r in history.get(R.ROUNDS, []):
+        missing = [f"{s}: {why}" for s, why in sorted((r.get(K.DROPPED) or {}).items())]
+        missing += [f"{s}: absent since an earlier round, not awaited" for s in r.get(K.NOT_AWAITED) or []]
         if missing:
-            rows.append([str(r["round"] + 1), ", ".join(r.get("contributed") or []) or "none", "; ".join(missing)])
+            rows.append([str(r[K.ROUND] + 1), ", ".join(r.get(K.CONTRIBUTED) or []) or "none", "; ".join(missing)])
     if rows:
         text = "Rounds in which not every site contributed; each was aggregated from the sites that did."
         sections.append(_section("Sites lost or dropped", text, ["round", "contributed", "dropped (why)"], rows))
     notes = [
-        f"job {e['job']} resumed job {e['from_job']} after its round {e['after_round']}"
-        for e in history.get("resumed", [])
+        f"job {e[R.Resume.JOB]} resumed job {e[R.Resume.FROM_JOB]} after its round {e[R.Resume.AFTER_ROUND]}"
+        for e in history.get(R.RESUMED, [])
     ]
-    if history.get("stopped"):
-        notes.append(f"stopped early: {history['stopped']}")
+    if history.get(R.STOPPED):
+        notes.append(f"stopped early: {history[R.STOPPED]}")
     if notes:
         sections.append(_section("Interruptions", "; ".join(notes) + ". The rounds above form one continuous run."))
     return sections
 
 
+def problem_rows(history: R.RunRecord) -> list[list[str]]:
+    """Per site: its own error text, or its privacy refusal as one line."""
+    problems = {**(history.get(R.ERRORS) or {}), **(history.get(R.REFUSED) or {})}
+    return [[site, _message(entry)] for site, entry in sorted(problems.items())]
+
+
 def _message(entry) -> str:
-    """A site error (text) or privacy refusal ({"round", "reason"}) as one line."""
+    """A site error (text) or privacy refusal (Refusal) as one line."""
     if isinstance(entry, dict):
-        return f"round {entry.get('round', '?')}: {entry.get('reason', '')}"
+        return f"round {entry.get(R.Refusal.ROUND, '?')}: {entry.get(R.Refusal.REASON, '')}"
     return str(entry)
-
-
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _section(title: str, text: str, header: list[str] | None = None, rows=None) -> tuple[str, str, str]:
-    """(title, markdown body, html body): a paragraph of `text` (if any), then the table (if `header`)."""
-    md = [text] if text else []
-    body = f"<p>{html.escape(text)}</p>" if text else ""
-    if header is not None:
-        md.append(_md_table(header, rows))
-        body += _html_table(header, rows)
-    return title, "\n\n".join(md), body

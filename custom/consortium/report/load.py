@@ -1,4 +1,4 @@
-"""A run folder as the report reads it: metrics.json, the job's own train_alone models, optional baselines."""
+"""A run folder read for the report: the run record (runrecord.py) and any baselines beside it."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from consortium import constants as C
+from consortium import runrecord as R
+from consortium.report.alone import alone_results
 
-REPORT_DIR = "report"
+BASELINE_KINDS = ("local", "pooled")  # files `consortium baseline KIND` writes: {"job", "results"}
 
 
 class ReportError(ValueError):
@@ -18,36 +20,44 @@ class ReportError(ValueError):
 @dataclass
 class Run:
     folder: Path
-    history: dict
+    history: R.RunRecord
     local: dict | None = None  # baselines: {trained_on: {"scores": {site: x}}}
     pooled: dict | None = None
     baseline_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
-    def meta(self) -> dict:
-        return self.history.get("meta") or {}
+    def meta(self) -> R.RunMeta:
+        return self.history.get(R.META) or {}
+
+    @property
+    def rounds(self) -> list[R.RoundEntry]:
+        return self.history.get(R.ROUNDS) or []
+
+    @property
+    def job(self) -> str:
+        return str(self.meta.get(R.Meta.JOB, self.folder.name))
 
     @property
     def metric(self) -> str:
-        if self.meta.get("metric"):
-            return self.meta["metric"]
+        if self.meta.get(R.Meta.METRIC):
+            return self.meta[R.Meta.METRIC]
         try:
             from consortium.tasks import get_task
 
-            return getattr(get_task(self.history.get("task", "seg2d")), "METRIC_NAME", "score")
+            return getattr(get_task(self.history.get(R.TASK, "seg2d")), "METRIC_NAME", "score")
         except (ValueError, TypeError):
             return "score"
 
     @property
     def sites(self) -> list[str]:
-        names = set(self.history.get("final") or {})
-        for r in self.history.get("rounds", []):
-            names |= set(r.get("sites") or {})
+        names = set(self.history.get(R.FINAL) or {})
+        for r in self.rounds:
+            names |= set(r.get(R.Round.SITES) or {})
         return sorted(names)
 
     def final_score(self, site: str, key: str = C.METRIC_SCORE) -> float | None:
-        return ((self.history.get("final") or {}).get(site) or {}).get(key)
+        return ((self.history.get(R.FINAL) or {}).get(site) or {}).get(key)
 
     def local_score(self, trained_on: str, data_of: str) -> float | None:
         """The score of the model trained at `trained_on` alone, on `data_of`'s validation data."""
@@ -56,20 +66,17 @@ class Run:
 
 def load_run(folder: Path, baselines: Path | None = None) -> Run:
     folder = Path(folder)
-    path = folder / C.METRICS_FILE
-    if not path.is_file():
-        raise ReportError(
-            f"{path} not found: run a job first, e.g. `consortium simulate fedavg` or `consortium submit fedavg`"
-        )
     try:
-        history = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ReportError(f"{path}: not valid JSON ({exc}); run the job again") from None
-    if not history.get("rounds"):
-        raise ReportError(f"{path} has no finished round: the job failed or is still running (`consortium status`)")
+        history = R.read(folder)
+    except R.RecordError as exc:
+        raise ReportError(str(exc)) from None
+    if not history.get(R.ROUNDS):
+        raise ReportError(
+            f"{folder / R.FILE} has no finished round: the job failed or is still running (`consortium status`)"
+        )
     run = Run(folder=folder, history=history)
     run.baseline_dir = Path(baselines) if baselines else folder.parent / "baselines"
-    for kind in ("local", "pooled"):
+    for kind in BASELINE_KINDS:
         file = run.baseline_dir / f"{kind}.json"
         if file.is_file():
             data = json.loads(file.read_text())
@@ -78,13 +85,8 @@ def load_run(folder: Path, baselines: Path | None = None) -> Run:
                 if "scores" not in res and "dice" in res:
                     res["scores"] = res["dice"]
             setattr(run, kind, results)
-            if data.get("job") and data.get("job") != run.meta.get("job", data.get("job")):
+            if data.get("job") and data.get("job") != run.meta.get(R.Meta.JOB, data.get("job")):
                 run.notes.append(f"the {kind} baseline was trained with the settings of job '{data['job']}'")
-    if run.local is None:  # the job's own train_alone models (the base job trains them; see report/alone.py)
-        from consortium.report.alone import alone_results
-
+    if run.local is None:  # the job's own train_alone models (the base job trains them; see alone.py)
         run.local = alone_results(history)
     return run
-
-
-# -- plots -------------------------------------------------------------------------------------------------
