@@ -13,8 +13,9 @@ from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from consortium.aggregators.he import HESumAggregator
 from consortium.aggregators.weighted import weighted_mean
 from consortium.filters.he import HEDecryptModel, HEEncryptUpdate, decrypt_global
-from consortium.he.ckks import PAYLOAD_KEY, decrypt
+from consortium.he.ckks import decrypt
 from consortium.he.contexts import CLIENT_CONTEXT, SERVER_CONTEXT, HEContextError, write_contexts
+from consortium.he.wire import PAYLOAD_KEY
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +93,7 @@ def test_server_receives_and_stores_only_ciphertext(kit):
     agg = HESumAggregator()
     agg.fl_ctx = _fl_ctx(kit, "server")
     agg.accept_model(FLModel(params=sent, params_type=ParamsType.FULL, meta={"client_name": "s0"}))
-    assert all(isinstance(v, ts.CKKSVector) for v in agg._chunks)  # what it holds: CKKS vectors
+    assert all(isinstance(v, ts.CKKSVector) for v in agg._sum.ciphertexts)  # what it holds: CKKS vectors
     stored = agg.aggregate_model().params
     assert set(stored) == {PAYLOAD_KEY} and all(isinstance(c, bytes) for c in stored[PAYLOAD_KEY]["chunks"])
     assert stored[PAYLOAD_KEY]["weight"] == steps[0]

@@ -17,7 +17,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 
 from consortium import constants as C
-from consortium.he.ckks import PAYLOAD_KEY
+from consortium.he.wire import PAYLOAD_KEY
 from consortium.privacy import ledger
 from consortium.privacy.accountant import RDPAccountant, check_dp_args, noise_for_target, read_dp_settings
 

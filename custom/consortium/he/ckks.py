@@ -3,9 +3,10 @@
 Protocol (one multiplication in total, so CKKS [60, 40, 40] has depth to spare):
   site:   x_i -> encrypt(x_i) * w_i   (the plaintext multiplication rescales the ciphertext to the
                                        lowest modulus level: 0.56x the fresh size for 8192/[60,40,40];
-                                       there, sums must stay below 2^19, see filters/he.py HEADROOM)
+                                       there, sums must stay below 2^19, see HEADROOM)
   server: sum_i enc(w_i x_i)          (additions only; its context has no secret key)
   site:   decrypt(sum) / sum_i w_i    (the total weight travels in plaintext beside the ciphertext)
+The wire format of an encrypted update, built from these pieces, is he/wire.py's EncryptedUpdate.
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ from typing import Mapping
 
 import numpy as np
 
-PAYLOAD_KEY = "__he__"  # the one key of an encrypted params dict besides plaintext (exposed) layers
+# Model weights are small numbers; CKKS decryption under a different key gives values around 1e9 and more.
+MAX_PLAUSIBLE_WEIGHT = 1e6
+# After the weighting multiplication a ciphertext sits at the last level (60-bit modulus, scale 2^40):
+# the *sum over all sites* of weight * value must stay below 2^19 or it wraps around silently. Each
+# site keeps its own share under 2^19 / MAX_SITES, so up to MAX_SITES sites can never overflow.
+MAX_SITES = 64
+HEADROOM = 2**19 / MAX_SITES
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,17 @@ def restore_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
 def slot_count(context) -> int:
     """Values one CKKS ciphertext holds: half the polynomial modulus degree."""
     return context.seal_context().data.first_context_data().parms().poly_modulus_degree() // 2
+
+
+def check_headroom(flat: np.ndarray, weight: float) -> None:
+    """Refuse an update whose weighted values could make the encrypted sum wrap around (silently wrong)."""
+    largest = float(np.abs(flat).max()) * weight if flat.size else 0.0
+    if largest >= HEADROOM:
+        raise ValueError(
+            f"HE: weight {weight} x largest value {largest / weight:.3g} = {largest:.3g} exceeds the CKKS headroom "
+            f"{HEADROOM:.0f} (60-bit last level, scale 2^40, up to {MAX_SITES} sites): the encrypted sum would wrap "
+            "around. Use fewer local steps per round or larger CKKS coefficient moduli."
+        )
 
 
 def encrypt_weighted(context, flat: np.ndarray, weight: float) -> list:

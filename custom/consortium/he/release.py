@@ -6,13 +6,13 @@ from pathlib import Path
 
 from consortium.algorithms import split_controls
 from consortium.constants import ENCRYPTED_MODEL_FILE, GLOBAL_MODEL_FILE
-from consortium.he.ckks import PAYLOAD_KEY
+from consortium.he import wire
 
 
 def is_encrypted(model_path: Path) -> bool:
     import torch
 
-    return PAYLOAD_KEY in torch.load(model_path, weights_only=False, map_location="cpu")
+    return wire.is_encrypted(torch.load(model_path, weights_only=False, map_location="cpu"))
 
 
 def decrypt_model_file(model_path: Path, context_path: Path, out: Path) -> Path:
@@ -20,17 +20,16 @@ def decrypt_model_file(model_path: Path, context_path: Path, out: Path) -> Path:
     import tenseal as ts
     import torch
 
-    from consortium.filters.he import decrypt_global
-
     params = torch.load(model_path, weights_only=False, map_location="cpu")
-    if PAYLOAD_KEY not in params:
+    if not wire.is_encrypted(params):
         raise ValueError(f"{model_path} is not an encrypted global model (it is already plaintext)")
     if not context_path.is_file():
         raise FileNotFoundError(f"{context_path}: no HE context; use startup/client_context.tenseal of a hospital kit")
     context = ts.context_from(context_path.read_bytes())
     if not context.has_secret_key():
         raise PermissionError(f"{context_path} has no secret key (the server's context cannot decrypt)")
-    plain, _ = split_controls(decrypt_global(context, params))  # SCAFFOLD's controls are not model weights
+    update = wire.EncryptedUpdate.decode(params, f"the checkpoint {model_path}")
+    plain, _ = split_controls(update.decrypt(context))  # SCAFFOLD's controls are not model weights
     torch.save({k: torch.as_tensor(v) for k, v in plain.items()}, out)
     return out
 

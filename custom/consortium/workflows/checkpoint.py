@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import torch
 
 from consortium import constants as C
+from consortium.algorithms import split_controls
+from consortium.he.wire import is_encrypted
 
 # settings a resumed job must share with the job it continues (else it is another experiment)
 SAME_SETTINGS = ("task", "algorithm", "rounds", "he", "local_epochs", "lr", "dp_sgd", "dp_update", "server_momentum")
@@ -22,6 +25,24 @@ def save(run_dir: str, *, params: dict, round_number: int) -> None:
     path = os.path.join(run_dir, C.CHECKPOINT_FILE)
     torch.save({"round": round_number, "params": dict(params)}, path + ".tmp")
     os.replace(path + ".tmp", path)
+
+
+def save_global_model(params: dict, path: str) -> None:
+    """The global model file: plaintext tensors, or under HE the encoded ciphertext only a hospital decrypts."""
+    if is_encrypted(params):
+        torch.save(dict(params), path)
+    else:
+        weights, _ = split_controls(params)  # SCAFFOLD's controls are not part of the model
+        torch.save({k: torch.as_tensor(v) for k, v in weights.items()}, path)
+
+
+def load_trusted(model, path: str, sha256_hex: str) -> None:
+    """Load the job's public start into `model`, only if it is the very file the job was built with."""
+    from consortium.public_start import load_pretrained, sha256
+
+    if sha256(Path(path)) != sha256_hex:
+        raise ValueError(f"pretrained: {path} differs from the checkpoint the job was built with (SHA-256)")
+    load_pretrained(model, path)
 
 
 def load(workspace, job_id: str) -> dict:
@@ -41,11 +62,16 @@ def load(workspace, job_id: str) -> dict:
 
 def read_history(run_dir: str) -> dict:
     """The run record (metrics.json) the workflow writes in its run directory; {} before the first write."""
-    path = os.path.join(run_dir, C.METRICS_FILE)
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
+    from consortium import runrecord
+
+    return runrecord.read(run_dir, missing_ok=True)
+
+
+def write_history(run_dir: str, history: dict) -> None:
+    """Write the run record atomically: a reader (or a crash) never sees half a file."""
+    from consortium import runrecord
+
+    runrecord.write(run_dir, history)
 
 
 def continued_history(old: dict, new: dict, job_id: str) -> dict:

@@ -11,7 +11,7 @@ from nvflare.app_common.abstract.model_persistor import ModelPersistor
 from nvflare.app_common.workflows.cross_site_eval import CrossSiteEval
 
 from consortium import constants as C
-from consortium.he.ckks import PAYLOAD_KEY
+from consortium.he.wire import PAYLOAD_KEY
 from consortium.workflows.checkpoint import read_history
 
 

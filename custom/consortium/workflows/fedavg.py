@@ -3,10 +3,8 @@ a checkpoint every round (for `consortium submit --resume`) and a final validati
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from pathlib import Path
 
 import torch
 from nvflare.apis.fl_constant import FLContextKey
@@ -18,8 +16,7 @@ from nvflare.app_common.workflows.fedavg import FedAvg
 from nvflare.fuel.utils.log_utils import center_message
 
 from consortium import constants as C
-from consortium.algorithms import split_controls, with_controls, zero_controls
-from consortium.he.ckks import PAYLOAD_KEY
+from consortium.algorithms import with_controls, zero_controls
 from consortium.tasks import get_task, state_to_numpy
 from consortium.workflows import checkpoint
 from consortium.workflows.ending import JobEnd
@@ -71,8 +68,7 @@ class ConsortiumFedAvg(SiteResults, JobEnd, FedAvg):
         self.feature_stats_id = feature_stats_id  # writer of the job's federated statistics (standardise: federated)
         self.pretrained, self.pretrained_sha256 = pretrained, pretrained_sha256  # a file of the job's app config
         meta = {**self.run_info, "task": task, "algorithm": algorithm, "rounds": self.num_rounds}
-        meta["metric"] = getattr(get_task(task), "METRIC_NAME", "score")
-        meta["round_timeout"] = self.round_timeout
+        meta.update(metric=getattr(get_task(task), "METRIC_NAME", "score"), round_timeout=self.round_timeout)
         self._history: dict = {"task": task, "num_rounds": self.num_rounds, "meta": meta, "rounds": [], "final": {}}
         self._round_sites: dict = {}
         self._attendance = Attendance()
@@ -85,12 +81,8 @@ class ConsortiumFedAvg(SiteResults, JobEnd, FedAvg):
         torch.manual_seed(self.seed)
         model = get_task(self._task).build_model()
         if self.pretrained:  # the job's public start, shipped in its app config and checked against its hash
-            from consortium.public_start import load_pretrained, sha256
-
-            path = os.path.join(self.engine.get_workspace().get_app_config_dir(self._job_id()), self.pretrained)
-            if sha256(Path(path)) != self.pretrained_sha256:
-                raise ValueError(f"pretrained: {path} differs from the checkpoint the job was built with (SHA-256)")
-            load_pretrained(model, path)
+            config_dir = self.engine.get_workspace().get_app_config_dir(self._job_id())
+            checkpoint.load_trusted(model, os.path.join(config_dir, self.pretrained), self.pretrained_sha256)
             self.info(f"[progress] initial model: the public start {self.pretrained} ({self.pretrained_sha256[:12]})")
         params = state_to_numpy(model)
         if self.algorithm == "scaffold":  # the global control variate c starts at zero, travels with the model
@@ -98,11 +90,7 @@ class ConsortiumFedAvg(SiteResults, JobEnd, FedAvg):
         return FLModel(params=params, params_type=ParamsType.FULL)
 
     def save_model_file(self, model: FLModel, filepath: str) -> None:
-        if PAYLOAD_KEY in model.params:  # HE: the server only ever has ciphertext; a hospital decrypts it
-            torch.save(dict(model.params), filepath)
-        else:
-            weights, _ = split_controls(model.params)  # SCAFFOLD's controls are not part of the model
-            torch.save({k: torch.as_tensor(v) for k, v in weights.items()}, filepath)
+        checkpoint.save_global_model(model.params, filepath)
 
     def sample_clients(self, num_clients=None):
         """Every connected site is offered every round, except sites that refused to train for privacy reasons
@@ -162,9 +150,8 @@ class ConsortiumFedAvg(SiteResults, JobEnd, FedAvg):
             return self.load_model(), 0
         state = checkpoint.load(self.engine.get_workspace(), self.resume_from)
         self._history = checkpoint.continued_history(state["history"], self._history, self._job_id())
-        start = state["round"] + 1
-        self.info(f"[progress] resuming job {self.resume_from} after its round {start}/{self.num_rounds}")
-        return FLModel(params=state["params"], params_type=ParamsType.FULL), start
+        self.info(f"[progress] resuming job {self.resume_from} after its round {state['round'] + 1}/{self.num_rounds}")
+        return FLModel(params=state["params"], params_type=ParamsType.FULL), state["round"] + 1
 
     def _round_meta(self, model: FLModel, stats: dict | None = None) -> None:
         """What travels with every round's model besides the weights: the run chain, FedProx's mu (FLARE's
@@ -258,7 +245,4 @@ class ConsortiumFedAvg(SiteResults, JobEnd, FedAvg):
         self.panic(reason)
 
     def _write_history(self) -> None:
-        path = os.path.join(self.get_run_dir(), C.METRICS_FILE)
-        with open(path + ".tmp", "w") as f:
-            json.dump(self._history, f, indent=1, default=float)
-        os.replace(path + ".tmp", path)  # a reader (or a crash) never sees half a file
+        checkpoint.write_history(self.get_run_dir(), self._history)
