@@ -39,7 +39,7 @@ DELTA = 1e-5
 def _variants(args, jobs: Path) -> dict[str, str]:
     """Job variants in a temporary jobs folder: the repository's jobs plus one per setting."""
     shutil.copytree(ROOT / "jobs", jobs)
-    dp = load_job_spec("fedavg_dp", ROOT / "jobs").dp_sgd
+    dp = load_job_spec("fedavg_dp", ROOT / "jobs").dp_sgd.to_dict()
     extra = {k: v for k, v in (("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}
     names = {}
     for eps in args.epsilons:

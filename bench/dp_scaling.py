@@ -60,9 +60,7 @@ def train_once(cfg, *, epsilon: float | None, args) -> dict:
         sigma = dp.plan(rounds=args.epochs, local_epochs=1)
         for epoch in range(args.epochs):
             lr = round_lr(args.lr, epoch, args.epochs, "cosine")
-            steps += seg2d.train(
-                dp.module, dp.loader, epochs=1, lr=lr, optimizer=dp.optimizer(lr), per_sample_loss=True
-            ).steps
+            steps += dp.train(seg2d, epochs=1, lr=lr).steps
         spent = dp.epsilon()  # the Poisson loader counts every step it draws
         if spent > epsilon + 1e-6:
             raise RuntimeError(f"accountant: spent epsilon {spent:.3f} > target {epsilon}")

@@ -25,6 +25,7 @@ from consortium.privacy.accountant import ORDERS, RDPAccountant, noise_for_targe
 from consortium.privacy.budget import BudgetRefused, check_job, check_noise, check_round
 from consortium.privacy.dpsgd import DPSGDSettings, SiteDPSGD
 from consortium.privacy.persample import ConvGradSampleModule
+from consortium.privacy.settings import DPUpdateSettings
 from tests.conftest import REPO, TINY_A, write_site_configs
 
 warnings.filterwarnings("ignore", message="Optimal order")
@@ -205,11 +206,12 @@ def test_update_filter_refuses_invalid_parameters(kwargs, message):
 )
 def test_update_filter_job_settings_refused(raw, message):
     with pytest.raises(ValueError, match=message):
-        GaussianUpdateFilter.from_job(raw, rounds=10)
+        DPUpdateSettings.from_dict(raw)
 
 
 def test_update_filter_from_job_reaches_target_epsilon():
-    f = GaussianUpdateFilter.from_job({"clip_norm": 1.0, "delta": 1e-5, "target_epsilon": 20}, rounds=10)
+    settings = DPUpdateSettings.from_dict({"clip_norm": 1.0, "delta": 1e-5, "target_epsilon": 20})
+    f = GaussianUpdateFilter.from_settings(settings, rounds=10)
     for _ in range(10):
         f.accountant.step(noise_multiplier=f.noise_multiplier / 2, sample_rate=1.0)
     assert 19.9 <= f.accountant.epsilon(1e-5) <= 20.0
@@ -494,11 +496,11 @@ def test_dp_variant_states_only_dp_and_filters_run_noise_before_encryption(tmp_p
     base, dp = load_job_spec("fedavg", REPO / "jobs"), load_job_spec("fedavg_dp", REPO / "jobs")
     same = replace(dp, name="fedavg", description=base.description, dp_sgd=None, finetune_epochs=base.finetune_epochs)
     assert same == base  # the variant states only DP (and turns off fine-tuning, which is not DP)
-    assert dp.dp_sgd == {"target_epsilon": 8, "delta": 1e-5, "max_grad_norm": 1.0} and dp.he
-    update = {"clip_norm": 1.0, "delta": 1e-5, "target_epsilon": 20}
+    assert dp.dp_sgd == DPSGDSettings(target_epsilon=8, delta=1e-5, max_grad_norm=1.0) and dp.he
+    update = DPUpdateSettings(clip_norm=1.0, delta=1e-5, target_epsilon=20)
     folder = export_job(replace(dp, dp_update=update), tmp_path)
     client = json.loads((folder / "app/config/config_fed_client.json").read_text())
-    assert client["executors"][0]["executor"]["args"]["dp_sgd"] == dp.dp_sgd
+    assert client["executors"][0]["executor"]["args"]["dp_sgd"] == dp.dp_sgd.to_dict()
     (result_chain,) = client["task_result_filters"]
     assert [f["path"].rsplit(".", 1)[1] for f in result_chain["filters"]] == ["GaussianUpdateFilter", "HEEncryptUpdate"]
     (data_chain,) = client["task_data_filters"]

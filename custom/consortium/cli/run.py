@@ -35,7 +35,7 @@ def cmd_simulate(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     print(f"simulating job '{spec.name}': {spec.rounds} rounds x {spec.round_budget} at {', '.join(chosen)}")
     start = time.perf_counter()
-    worker = [sys.executable, "-m", "consortium.cli", "_simulate-worker", json.dumps(spec.__dict__), ",".join(chosen),
+    worker = [sys.executable, "-m", "consortium.cli", "_simulate-worker", json.dumps(spec.to_dict()), ",".join(chosen),
               str(Path(args.site_configs).resolve()), str(workspace.resolve())]  # fmt: skip
     code = run_worker(worker, out / "simulate.log")
     if code == BROKEN_PIPE:

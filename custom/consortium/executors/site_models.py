@@ -25,7 +25,7 @@ FINETUNE_LR_FACTOR = 0.1  # fine-tuning adapts the shared model at a tenth of th
 
 
 class SiteModels:
-    """Needs SiteTrainer's model, loaders, task, lr settings, `_epochs()`, `_dp_settings` and `_dp_report()`."""
+    """Needs SiteTrainer's model, loaders, task, lr settings, `_epochs()` and `training` (executors/training.py)."""
 
     def _validate(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         incoming = FLModelUtils.from_shareable(shareable)
@@ -34,7 +34,7 @@ class SiteModels:
         start = time.perf_counter()
         score = self.task.evaluate(self.model, self.val_loader, device=self.device)
         owner = (incoming.meta or {}).get(AppConstants.MODEL_OWNER)
-        name = getattr(self.task, "METRIC_NAME", "score")
+        name = self.task.METRIC_NAME
         self.log_info(
             fl_ctx,
             f"{self.site_cfg.name}: {name} {score:.3f} of the {owner or 'global'} model "
@@ -42,7 +42,7 @@ class SiteModels:
         )
         metrics = {C.METRIC_SCORE: score, C.METRIC_NUM_VAL: len(self.val_loader.dataset)}
         finetune = int((incoming.meta or {}).get(C.META_FINETUNE_EPOCHS) or 0)
-        if finetune > 0 and self._dp_settings is not None:  # whatever the server asks: fine-tuning is not DP
+        if finetune > 0 and self.training.private:  # whatever the server asks: fine-tuning is not DP
             raise ValueError("the server asked for fine-tuning, which is not DP, in a job this site trains with DP-SGD")
         if finetune > 0:
             metrics[C.METRIC_PERSONAL_SCORE] = self._personalize(finetune, fl_ctx)
@@ -60,14 +60,14 @@ class SiteModels:
         run_dir = fl_ctx.get_engine().get_workspace().get_run_dir(fl_ctx.get_job_id())
         path = os.path.join(run_dir, C.PERSONAL_MODEL_FILE)
         torch.save({k: torch.as_tensor(v) for k, v in self.personal_params.items()}, path)
-        name = getattr(self.task, "METRIC_NAME", "score")
+        name = self.task.METRIC_NAME
         self.log_info(fl_ctx, f"{self.site_cfg.name}: fine-tuned {epochs} epoch(s): {name} {score:.3f}; saved {path}")
         return score
 
     def _train_alone(self, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         """Train the job's initial model on this site's data only, with the job's epochs and learning-rate
         schedule over its rounds: the model this site would have without the consortium."""
-        if self._dp_settings is not None:  # whatever the server asks: this training is not DP
+        if self.training.private:  # whatever the server asks: this training is not DP
             raise ValueError("the server asked for training alone, which is not DP, in a job this site trains with DP")
         incoming = FLModelUtils.from_shareable(shareable)
         rounds = int((incoming.meta or {}).get(C.META_ALONE_ROUNDS) or 1)
@@ -87,7 +87,7 @@ class SiteModels:
         path = os.path.join(run_dir, C.ALONE_MODEL_FILE)
         torch.save({k: torch.as_tensor(v) for k, v in self.alone_params.items()}, path)
         seconds = time.perf_counter() - start
-        name = getattr(self.task, "METRIC_NAME", "score")
+        name = self.task.METRIC_NAME
         self.log_info(fl_ctx, f"{self.site_cfg.name}: trained alone, {rounds} rounds, {steps} steps in "
                               f"{seconds:.0f} s: {name} {score:.3f}; saved {path}")  # fmt: skip
         metrics = {C.METRIC_ALONE_SCORE: score, C.METRIC_STEPS: steps, C.METRIC_SECONDS: seconds}
@@ -104,5 +104,5 @@ class SiteModels:
         # weight 1: an HE job encrypts this model like an update, and the validating site divides by 1
         meta = {FLMetaKey.NUM_STEPS_CURRENT_ROUND: 1, C.META_MODEL_KIND: kind}
         if kind == "local":  # only the DP-trained model carries DP accounting for the site's PrivacyGuard
-            meta.update(self._dp_report())
+            meta.update(self.training.report())
         return FLModelUtils.to_shareable(FLModel(params=params, params_type=ParamsType.FULL, meta=meta))

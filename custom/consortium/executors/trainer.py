@@ -21,9 +21,9 @@ from consortium import constants as C
 from consortium.algorithms import WEIGHTINGS, FedProx, Scaffold, ServerMomentum, split_controls, with_controls
 from consortium.config import load_site_config
 from consortium.executors.site_models import SiteModels
-from consortium.privacy import ledger
-from consortium.privacy.budget import BudgetRefused, check_job, check_noise, check_round
-from consortium.privacy.dpsgd import DPSGDSettings, SiteDPSGD
+from consortium.executors.training import Site, local_training
+from consortium.jobs.spec import JOB_DEFAULTS
+from consortium.privacy.budget import BudgetRefused
 from consortium.tasks import get_task, load_numpy_state, round_lr, state_to_numpy
 
 
@@ -52,8 +52,9 @@ def check_finite(model: torch.nn.Module, loss: float) -> None:
 class SiteTrainer(SiteModels, Executor):
     """Runs the job's task at a site on the data named by that site's own config.
 
-    Job settings (task, epochs, lr, batch size) come from the job; the data location and
-    resources come from the site config, which the job cannot see or change.
+    Job settings (task, epochs, lr, batch size) come from the job, parsed and checked once by JobSpec (its
+    defaults are these arguments' defaults); the data location and resources come from the site config,
+    which the job cannot see or change.
     """
 
     def __init__(
@@ -65,52 +66,25 @@ class SiteTrainer(SiteModels, Executor):
         lr_schedule: str,
         batch_size: int,
         seed: int,
-        algorithm: str = "fedavg",
-        finetune_epochs: int = 0,
-        weighting: str = "steps",
-        local_steps: int | None = None,
-        dp_sgd: dict | None = None,
-        server_momentum: float = 0.0,
-        standardise: str = "none",
+        standardise: str,
+        algorithm: str = JOB_DEFAULTS["algorithm"],
+        finetune_epochs: int = JOB_DEFAULTS["finetune_epochs"],
+        weighting: str = JOB_DEFAULTS["weighting"],
+        local_steps: int | None = JOB_DEFAULTS["local_steps"],
+        dp_sgd: dict | None = None,  # build_job's DPSGDSettings.to_dict(); None: no DP-SGD
+        server_momentum: float = JOB_DEFAULTS["server_momentum"],
     ):
-        # No defaults: every experiment setting is written into the exported job, none comes from the site.
         super().__init__()
-        if local_epochs < 1 or lr <= 0 or batch_size < 1:
-            raise ValueError(
-                f"SiteTrainer: need local_epochs>=1, lr>0, batch_size>=1; got {local_epochs}, {lr}, {batch_size}"
-            )
         # attribute names match the args so FLARE's job exporter can read them back
         self._task, self.local_epochs, self.lr, self.lr_schedule = task, local_epochs, lr, lr_schedule
-        self.batch_size, self.seed = batch_size, seed
-        round_lr(lr, 0, 1, lr_schedule)  # refuse an unknown schedule when the job is built, not mid-run
-        from consortium.algorithms import ALGORITHMS
-
-        if algorithm not in ALGORITHMS:
-            raise ValueError(f"SiteTrainer: unknown algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
-        if finetune_epochs < 0:
-            raise ValueError(f"SiteTrainer: finetune_epochs must be >= 0, got {finetune_epochs}")
-        if weighting not in WEIGHTINGS:
-            raise ValueError(f"SiteTrainer: unknown weighting {weighting!r}; use one of {', '.join(WEIGHTINGS)}")
-        if local_steps is not None and local_steps < 1:
-            raise ValueError(f"SiteTrainer: local_steps must be >= 1 or None, got {local_steps}")
+        self.batch_size, self.seed, self.standardise = batch_size, seed, standardise
         self.algorithm, self.finetune_epochs, self.weighting = algorithm, finetune_epochs, weighting
-        self.local_steps = local_steps
+        self.local_steps, self.dp_sgd, self.server_momentum = local_steps, dp_sgd, float(server_momentum)
         self._scaffold = Scaffold() if algorithm == "scaffold" else None
-        self.server_momentum = float(server_momentum)
         self._momentum = ServerMomentum(self.server_momentum) if self.server_momentum > 0 else None
-        # DP-SGD request of the job (target_epsilon or noise_multiplier, delta, max_grad_norm); the site's own
-        # privacy floor (site config `privacy:`) decides whether it is good enough
-        self.dp_sgd = dict(dp_sgd) if dp_sgd else None
-        self._dp_settings = DPSGDSettings.from_dict(self.dp_sgd) if self.dp_sgd else None
-        if self._dp_settings and (finetune_epochs > 0 or algorithm == "fedprox"):  # as JobSpec, for raw configs
-            raise ValueError(
-                "SiteTrainer: dp_sgd cannot be combined with finetune_epochs > 0 (fine-tuning is not DP and its "
-                "model leaves the site) or algorithm fedprox (its proximal term would bypass clipping)"
-            )
-        self._dp: SiteDPSGD | None = None
-        if standardise not in ("federated", "local", "none"):
-            raise ValueError(f"SiteTrainer: standardise must be federated, local or none, got {standardise!r}")
-        self.standardise = standardise  # tabular tasks' feature standardisation (job option)
+        # plain or DP-SGD, chosen once; the site's own privacy floor (site config `privacy:`) decides whether the
+        # job's DP-SGD request is good enough
+        self.training = local_training(dp_sgd)
         self._ready = False
 
     def _setup(self, fl_ctx: FLContext, shareable: Shareable) -> None:
@@ -131,6 +105,9 @@ class SiteTrainer(SiteModels, Executor):
         self.local_params: dict | None = None
         self.personal_params: dict | None = None  # fine-tuned at this site; leaves it only for cross-site eval
         self.alone_params: dict | None = None  # trained here alone (train_alone); leaves only for cross-site eval
+        self.site = Site(cfg=self.site_cfg, model=self.model, train_loader=self.train_loader,
+                         batch_size=self.batch_size, local_epochs=self.local_epochs, task=self.task,
+                         log=lambda message: self.log_info(fl_ctx, message))  # fmt: skip
         self._ready = True
 
     def _standardisation(self, shareable: Shareable):
@@ -180,7 +157,7 @@ class SiteTrainer(SiteModels, Executor):
         incoming = FLModelUtils.from_shareable(shareable)
         weights, controls = split_controls(incoming.params)
         round_number = incoming.current_round or 0
-        dp = self._dp_round(incoming, fl_ctx)  # None without DP-SGD; refuses what the site's floor forbids
+        self.training.begin_round(self.site, incoming, fl_ctx)  # refuses what the site's floor forbids
         load_numpy_state(self.model, weights)
         if self._momentum is not None and not self._momentum.receive(round_number, weights):
             self.log_warning(
@@ -190,22 +167,18 @@ class SiteTrainer(SiteModels, Executor):
             )
         received_dice = self.task.evaluate(self.model, self.val_loader, device=self.device)
         lr = round_lr(self.lr, round_number, incoming.total_rounds or 1, self.lr_schedule)
-        result = self.task.train(
-            dp.module if dp else self.model,  # DP: Opacus's per-sample-gradient wrapper around self.model
-            dp.loader if dp else self.train_loader,  # DP: Poisson-sampled batches
+        result = self.training.train(
+            self.site,
             epochs=self._epochs(),
             max_steps=self.local_steps,
             lr=lr,
             device=self.device,
             should_stop=lambda: abort_signal.triggered,
             algorithm=self._round_algorithm(incoming, controls),
-            optimizer=dp.optimizer(lr) if dp else None,  # DP: clipping and noise around the same Adam
-            per_sample_loss=dp is not None,
         )
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
-        if dp:  # on this site's disk before anything leaves it: a resumed job continues from here
-            ledger.save(ledger.site_root(fl_ctx), fl_ctx.get_job_id(), dp.accountant.history)
+        self.training.end_round(fl_ctx)  # on this site's disk before anything leaves it: a resumed job goes on
         check_finite(self.model, result.loss)
         local_dice = self.task.evaluate(self.model, self.val_loader, device=self.device)
         self.local_params = state_to_numpy(self.model)
@@ -218,15 +191,13 @@ class SiteTrainer(SiteModels, Executor):
             C.METRIC_TASK_SECONDS: time.perf_counter() - task_start,
             C.METRIC_NUM_TRAIN: len(self.train_loader.dataset),
             C.METRIC_NUM_VAL: len(self.val_loader.dataset),
-            **self._dp_report(),
+            **self.training.report(),
         }
-        spent = f"; DP-SGD epsilon {dp.epsilon():.2f} at delta {dp.settings.delta:g}" if dp else ""
         self.log_info(
             fl_ctx,
-            f"{self.site_cfg.name} round {incoming.current_round}: {getattr(self.task, 'METRIC_NAME', 'score')} "
-            f"of received model {received_dice:.3f}, "
-            f"after local training {local_dice:.3f}; loss {result.loss:.3f}, "
-            f"{result.steps} steps in {result.seconds:.1f} s{spent}",
+            f"{self.site_cfg.name} round {incoming.current_round}: {self.task.METRIC_NAME} "
+            f"of received model {received_dice:.3f}, after local training {local_dice:.3f}; loss {result.loss:.3f}, "
+            f"{result.steps} steps in {result.seconds:.1f} s{self.training.spent()}",
         )
         # what leaves: the local model (plus FedAvgM's term beta * (w_t - w_{t-1}) if the job has server momentum)
         params = self._momentum.outgoing(self.local_params) if self._momentum is not None else self.local_params
@@ -239,61 +210,10 @@ class SiteTrainer(SiteModels, Executor):
             # the aggregation weight (FLARE's convention: NUM_STEPS_CURRENT_ROUND); HE sites encrypt weight x model
             meta={
                 FLMetaKey.NUM_STEPS_CURRENT_ROUND: self._weight(result.steps),
-                **self._dp_report(),  # the site's PrivacyGuard (local/privacy.json) checks these
+                **self.training.report(),  # the site's PrivacyGuard (local/privacy.json) checks these
             },
         )
         return FLModelUtils.to_shareable(out)
-
-    def _dp_round(self, incoming: FLModel, fl_ctx: FLContext) -> SiteDPSGD | None:
-        """This round's DP-SGD (None if the job has none), after the site's floor and budget allow it.
-
-        The floor is checked once per job, the noise fixed once from the job's target epsilon over all its
-        steps, and every round refused whose epsilon would exceed the site's max_epsilon."""
-        floor, site, source = self.site_cfg.privacy, self.site_cfg.name, self.site_cfg.source
-        if self._dp is None:
-            check_job(floor, self._dp_settings, site=site, source=source)
-            if self._dp_settings is None:
-                return None
-            dp = SiteDPSGD(
-                self._dp_settings, model=self.model, train_loader=self.train_loader, batch_size=self.batch_size,
-                decoder_pattern=getattr(self.task, "DECODER_PARAMS", None),
-            )
-            prior = ledger.load_prior(ledger.site_root(fl_ctx), list(incoming.meta.get(C.META_RUN_CHAIN) or []))
-            if prior:  # a resumed job: what this site spent in the jobs it continues still counts
-                dp.accountant.history = list(prior[1])
-                self.log_info(
-                    fl_ctx, f"{site}: continuing DP-SGD accounting of job {prior[0]} ({dp.accountant.steps} steps)"
-                )
-            sigma = dp.plan(rounds=incoming.total_rounds or 1, local_epochs=self.local_epochs)
-            check_noise(floor, sigma, site=site, source=source)
-            self._dp = dp
-            self.log_info(
-                fl_ctx,
-                f"{site}: DP-SGD over {dp.num_patients} patients ({dp.num_samples} samples): noise multiplier "
-                f"{sigma:.3f}, per-patient clipping {dp.settings.max_grad_norm:g}, Poisson rate {dp.sample_rate:.3f} "
-                f"per patient, {dp.steps_per_round} steps per round, delta {dp.settings.delta:g}; "
-                f"trains {dp.trained_weights:,} weights ({dp.settings.trainable}); "
-                f"site cap max_epsilon {floor.max_epsilon}",
-            )
-        check_round(
-            floor,
-            epsilon_after=self._dp.epsilon_after_round(),
-            delta=self._dp.settings.delta,
-            round_number=(incoming.current_round or 0) + 1,
-            site=site,
-            source=source,
-        )
-        return self._dp
-
-    def _dp_report(self) -> dict:
-        """DP-SGD accounting so far at this site in this job (empty without DP-SGD)."""
-        if self._dp is None:
-            return {}
-        return {
-            C.METRIC_DP_EPSILON: self._dp.epsilon(),
-            C.METRIC_DP_DELTA: self._dp.settings.delta,
-            C.METRIC_DP_NOISE: self._dp.noise_multiplier,
-        }
 
     def _epochs(self) -> int:
         """Passes over the data this round: local_epochs, or enough to take local_steps steps."""
@@ -307,7 +227,9 @@ class SiteTrainer(SiteModels, Executor):
             return steps
         if self.weighting == "samples":
             return len(self.train_loader.dataset)
-        return 1
+        if self.weighting == "uniform":
+            return 1
+        raise ValueError(f"weighting {self.weighting!r}: use one of {', '.join(WEIGHTINGS)}")
 
     def _round_algorithm(self, incoming: FLModel, controls: dict):
         """This round's local-training correction: None (FedAvg), FedProx or SCAFFOLD."""

@@ -19,7 +19,8 @@ from nvflare.apis.shareable import Shareable, make_reply
 from consortium import constants as C
 from consortium.he.wire import PAYLOAD_KEY
 from consortium.privacy import ledger
-from consortium.privacy.accountant import RDPAccountant, check_dp_args, noise_for_target, read_dp_settings
+from consortium.privacy.accountant import RDPAccountant, check_dp_args
+from consortium.privacy.settings import DPUpdateSettings
 
 CTX_RECEIVED_MODEL = "consortium_dp_received_model"  # FLContext prop: the task's plaintext global weights
 CTX_RUN_CHAIN = "consortium_dp_run_chain"  # FLContext prop: job ids of this run (resumed jobs continue accounting)
@@ -87,27 +88,13 @@ class GaussianUpdateFilter(Filter):
         self._released: dict | None = None
 
     @classmethod
-    def from_job(cls, raw, *, rounds: int, where: str = "dp_update") -> "GaussianUpdateFilter":
-        """From a job's `dp_update: {clip_norm, delta, target_epsilon | noise_multiplier}`; a target epsilon
-        over the job's rounds fixes the noise. Errors name `where.<key>`."""
-        values = read_dp_settings(
-            raw,
-            where=where,
-            required=("clip_norm", "delta"),
-            example="clip_norm: 1.0, delta: 1.0e-5, target_epsilon: 8",
-        )
-        noise = values.get("noise_multiplier")
-        if noise is None:
-            try:  # one Gaussian mechanism per round at sensitivity 2 x clip_norm: multiplier = 2 x sigma_unit
-                noise = 2 * noise_for_target(
-                    target_epsilon=values["target_epsilon"], delta=values["delta"], sample_rate=1.0, steps=rounds
-                )
-            except ValueError as exc:
-                raise ValueError(f"{where}: {exc}") from None
+    def from_settings(cls, settings: DPUpdateSettings, *, rounds: int) -> "GaussianUpdateFilter":
+        """From a job's parsed `dp_update`: a target epsilon over the job's rounds fixes the noise."""
+        noise = settings.noise_for(rounds)  # its errors name dp_update already
         try:
-            return cls(clip_norm=values["clip_norm"], noise_multiplier=noise, delta=values["delta"])
+            return cls(clip_norm=settings.clip_norm, noise_multiplier=noise, delta=settings.delta)
         except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from None
+            raise ValueError(f"dp_update: {exc}") from None
 
     @property
     def noise_std(self) -> float:

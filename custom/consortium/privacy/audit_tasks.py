@@ -84,7 +84,7 @@ def local_trainer(
             site = SiteDPSGD(dp, model=model, train_loader=loader, batch_size=batch_size,
                              decoder_pattern=decoder_pattern)  # fmt: skip
             site.plan(rounds=1, local_epochs=epochs)
-            task.train(site.module, site.loader, optimizer=site.optimizer(lr), per_sample_loss=True, epochs=epochs)
+            site.train(task, lr=lr, epochs=epochs)  # DP-SGD with the task's sample_loss
             site.module.remove_hooks()  # the plain model again: audits call it without per-sample gradients
             model.dp_epsilon = site.epsilon()  # what this training spent, for the bench's table
         return model.eval()

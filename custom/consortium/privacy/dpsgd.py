@@ -4,14 +4,14 @@ A patient contributes several slices, so clipping single slices would not bound 
 Batches are drawn by Poisson sampling of patients (every patient in or out, with all its slices); Opacus
 computes every slice's gradient, this module averages them per patient, clips each patient's gradient to
 `max_grad_norm` and adds Gaussian noise of std noise_multiplier x max_grad_norm (Opacus's DPOptimizer).
-The task's own `train()` runs unchanged on the wrapped model, the batches and the optimizer it is handed.
+`SiteDPSGD.train` runs the shared training loop (tasks.common.train_loop) on the wrapped model, these batches
+and this optimizer, with the task's `sample_loss` (a mean of per-sample terms, which per-sample clipping needs).
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 
 import torch
 from opacus.optimizers import DPOptimizer
@@ -20,46 +20,10 @@ from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from opacus.validators import ModuleValidator
 from torch import nn
 
-from consortium.privacy.accountant import RDPAccountant, check_dp_args, noise_for_target, read_dp_settings
+from consortium.privacy.accountant import RDPAccountant, check_dp_args, noise_for_target
 from consortium.privacy.persample import ConvGradSampleModule
-
-
-@dataclass(frozen=True)
-class DPSGDSettings:
-    """A job's DP-SGD request: a target epsilon for the whole job (noise derived) or a fixed noise multiplier."""
-
-    delta: float
-    max_grad_norm: float
-    target_epsilon: float | None = None
-    noise_multiplier: float | None = None
-    # which weights DP-SGD trains: "all", "decoder" (the task's DECODER_PARAMS pattern) or a regex over parameter
-    # names; the rest stay as the job's initial model (e.g. a public start). Fewer trained weights, less noise.
-    trainable: str = "all"
-
-    @classmethod
-    def from_dict(cls, raw, where: str = "dp_sgd") -> "DPSGDSettings":
-        """Parse and validate; errors name `where.<key>` and how to fix it."""
-        raw = dict(raw) if isinstance(raw, dict) else raw
-        trainable = raw.pop("trainable", "all") if isinstance(raw, dict) else "all"
-        values = read_dp_settings(
-            raw,
-            where=where,
-            required=("delta", "max_grad_norm"),
-            example="target_epsilon: 8, delta: 1.0e-5, max_grad_norm: 1.0",
-        )
-        if not isinstance(trainable, str) or not trainable:
-            raise ValueError(f"{where}.trainable: {trainable!r}; use all, decoder, or a regex of parameter names")
-        if trainable not in ("all", "decoder"):
-            try:
-                re.compile(trainable)
-            except re.error as exc:
-                raise ValueError(f"{where}.trainable: {trainable!r} is not a regex ({exc})") from None
-        return cls(**values, trainable=trainable)
-
-    def to_dict(self) -> dict:
-        out = {"delta": self.delta, "max_grad_norm": self.max_grad_norm, "trainable": self.trainable}
-        key = "target_epsilon" if self.target_epsilon is not None else "noise_multiplier"
-        return {**out, key: getattr(self, key)}
+from consortium.privacy.settings import DPSGDSettings  # noqa: F401  (importable from here too)
+from consortium.tasks.common import TrainResult, train_loop
 
 
 def freeze_for_dp(model: nn.Module, trainable: str, *, decoder_pattern: str | None = None) -> int:
@@ -230,6 +194,18 @@ class SiteDPSGD:
             generator=self._noise,
         )
         return self._optimizer
+
+    def train(self, task, *, lr: float, device: str = "cpu", **options) -> TrainResult:
+        """One round of DP-SGD with the task's `sample_loss`; `options` (epochs, max_steps, should_stop,
+        algorithm): see tasks.common.train_loop."""
+        sample_loss = getattr(task, "sample_loss", None)
+        if sample_loss is None:
+            raise ValueError(
+                f"task {task.__name__} exports no sample_loss: DP-SGD needs the batch loss as a mean of per-sample "
+                "terms (per-sample clipping bounds one sample's influence only then); add it to the task module"
+            )
+        return train_loop(self.module, self.loader, lambda net, batch: sample_loss(net, batch, device), lr=lr,
+                          device=device, optimizer=self.optimizer(lr), **options)  # fmt: skip
 
     def count_step(self) -> None:
         self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)

@@ -1,4 +1,5 @@
-"""Interchangeable task modules: each exports build_model, make_loaders, train and evaluate."""
+"""Interchangeable task modules: each exports the names in REQUIRED (FLamby's convention), so switching the
+task is one job setting. `sample_loss` (DP-SGD's per-sample loss) is needed only by jobs with dp_sgd."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from types import ModuleType
 import numpy as np
 
 TASKS = {"seg2d": "consortium.tasks.seg2d", "heart": "consortium.tasks.heart"}
-REQUIRED = ("build_model", "make_loaders", "train", "evaluate")
+# METRIC_NAME names what evaluate() returns (Dice, accuracy) in progress lines, reports and the run record
+REQUIRED = ("METRIC_NAME", "build_model", "make_loaders", "batch_loss", "train", "evaluate")
 # Tabular tasks: values of the job option `standardise` (the first is the default); other tasks have only "none".
 STANDARDISE = {"heart": ("federated", "local", "none")}
 
@@ -21,7 +23,8 @@ def get_task(name: str) -> ModuleType:
     module = importlib.import_module(TASKS[name])
     missing = [fn for fn in REQUIRED if not hasattr(module, fn)]
     if missing:
-        raise TypeError(f"task module {module.__name__} lacks {', '.join(missing)}")
+        raise TypeError(f"task module {module.__name__} (TASKS[{name!r}]) lacks {', '.join(missing)}; a task "
+                        f"exports {', '.join(REQUIRED)}")
     return module
 
 

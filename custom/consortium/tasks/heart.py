@@ -65,19 +65,21 @@ def build_model() -> torch.nn.Module:
     return torch.nn.Linear(len(FEATURES), 1)
 
 
-def train(
-    model: torch.nn.Module, loader, *, device: str = "cpu", per_sample_loss: bool = False, **options
-) -> TrainResult:
-    """`options` (epochs or max_steps, lr, optimizer, algorithm, should_stop): see tasks.common.train_loop.
+_LOSS = torch.nn.BCEWithLogitsLoss()
 
-    The loss is a mean of per-sample terms either way, so `per_sample_loss` (DP-SGD) changes nothing here."""
-    loss_fn = torch.nn.BCEWithLogitsLoss()
 
-    def batch_loss(net, batch):
-        x, y = batch
-        return loss_fn(net(x.to(device)).squeeze(-1), y.to(device))
+def batch_loss(model: torch.nn.Module, batch, device: str = "cpu") -> torch.Tensor:
+    """Binary cross-entropy of one batch of (features, label) rows."""
+    x, y = batch
+    return _LOSS(model(x.to(device)).squeeze(-1), y.to(device))
 
-    return train_loop(model, loader, batch_loss, device=device, **options)
+
+sample_loss = batch_loss  # DP-SGD's loss: the batch's BCE is already the mean of each row's own term
+
+
+def train(model: torch.nn.Module, loader, *, device: str = "cpu", **options) -> TrainResult:
+    """`options` (epochs or max_steps, lr, algorithm, should_stop): see tasks.common.train_loop."""
+    return train_loop(model, loader, lambda net, batch: batch_loss(net, batch, device), device=device, **options)
 
 
 @torch.no_grad()
@@ -119,6 +121,7 @@ def make_loaders(cfg, *, batch_size: int = 4, seed: int = 0, num_workers: int = 
         report.notes.append(f"features standardised with the mean and std of {standardise.source}")
     generator = torch.Generator().manual_seed(seed)
     train_ds = TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train))
+    train_ds.one_patient_per_sample = True  # a row is a patient: DP-SGD's unit of privacy is the row
     test_ds = TensorDataset(torch.from_numpy(x_test), torch.from_numpy(y_test))
     train_loader = DataLoader(train_ds, batch_size=batch_size, shuffle=True, generator=generator)
     return train_loader, DataLoader(test_ds, batch_size=64, shuffle=False), report

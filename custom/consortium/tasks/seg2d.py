@@ -136,22 +136,27 @@ def make_transforms(train: bool, size: tuple[int, int] = (64, 64), label_map: di
     return Compose([steps, augmentations()]) if train else steps
 
 
-def train(
-    model: torch.nn.Module, loader, *, device: str = "cpu", per_sample_loss: bool = False, **options
-) -> TrainResult:
-    """Train for `epochs` passes (or `max_steps` batches); returns steps taken and mean loss.
-    `options` (epochs or max_steps, lr, optimizer, algorithm, should_stop): see tasks.common.train_loop.
+# Plain training: Dice over the whole batch (batch=True) plus cross-entropy. DP-SGD needs a loss that is a mean
+# of per-sample terms (Opacus's loss_reduction="mean"): batch Dice couples the samples, so one slice would move
+# every sample's gradient and per-sample clipping would not bound its influence; there each slice's own Dice.
+_BATCH_LOSS = DiceCELoss(sigmoid=True, batch=True)
+_SAMPLE_LOSS = DiceCELoss(sigmoid=True, batch=False)
 
-    `per_sample_loss=True` (DP-SGD): Dice over the whole batch (batch=True) couples the samples, so one
-    slice would move every sample's gradient and per-sample clipping would not bound its influence. Then
-    the loss is instead the mean over samples of each sample's own Dice + CE, as Opacus's
-    loss_reduction="mean" assumes."""
-    loss_fn = DiceCELoss(sigmoid=True, batch=not per_sample_loss)
 
-    def batch_loss(net, batch):
-        return loss_fn(net(batch["image"].to(device)), batch["label"].to(device))
+def batch_loss(model: torch.nn.Module, batch, device: str = "cpu") -> torch.Tensor:
+    """The training loss of one batch: Dice over the batch's pixels plus cross-entropy."""
+    return _BATCH_LOSS(model(batch["image"].to(device)), batch["label"].to(device))
 
-    return train_loop(model, loader, batch_loss, device=device, **options)
+
+def sample_loss(model: torch.nn.Module, batch, device: str = "cpu") -> torch.Tensor:
+    """DP-SGD's loss of one batch: the mean over slices of each slice's own Dice + cross-entropy."""
+    return _SAMPLE_LOSS(model(batch["image"].to(device)), batch["label"].to(device))
+
+
+def train(model: torch.nn.Module, loader, *, device: str = "cpu", **options) -> TrainResult:
+    """Train for `epochs` passes (or `max_steps` batches) on `batch_loss`; returns steps taken and mean loss.
+    `options` (epochs or max_steps, lr, algorithm, should_stop): see tasks.common.train_loop."""
+    return train_loop(model, loader, lambda net, batch: batch_loss(net, batch, device), device=device, **options)
 
 
 @torch.no_grad()
