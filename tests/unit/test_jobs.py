@@ -5,7 +5,7 @@ import json
 import pytest
 
 from consortium.config import ConfigError
-from consortium.jobs import available_jobs, export_job, load_job_spec
+from consortium.jobs import JobSpec, available_jobs, export_job, load_job_spec
 from tests.conftest import REPO
 
 
@@ -98,3 +98,74 @@ def test_every_override_is_validated_like_the_job_file():
                          ({"epochs": 3}, "override 'epochs': not a job field")]:  # fmt: skip
         with pytest.raises(ConfigError, match=message):
             spec.with_overrides(source, **bad)
+
+
+def test_spec_holds_typed_settings_after_load(tmp_path):
+    from consortium.jobs import HESettings
+    from consortium.privacy.settings import DPSGDSettings, DPUpdateSettings
+
+    dp = load_job_spec("fedavg_dp", REPO / "jobs")
+    assert isinstance(dp.dp_sgd, DPSGDSettings) and (dp.dp_sgd.target_epsilon, dp.dp_sgd.delta) == (8.0, 1e-5)
+    assert dp.he == HESettings() and load_job_spec("fedavg_plain", REPO / "jobs").he is None
+    (tmp_path / "j").mkdir()
+    (tmp_path / "j/job.yaml").write_text(
+        "he: {encrypt_layers: ['^model\\.2\\.']}\ndp_update: {clip_norm: 1, delta: 1e-5, noise_multiplier: 0.5}\n"
+    )
+    spec = load_job_spec("j", tmp_path)
+    assert spec.he.encrypt_layers == ("^model\\.2\\.",) and isinstance(spec.dp_update, DPUpdateSettings)
+    assert spec.dp_update.delta == 1e-5  # "1e-5" is a string in YAML: parsed once, at load
+    again = JobSpec(**json.loads(json.dumps(spec.to_dict())))  # the simulator worker's copy
+    assert again == spec
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("dp_sgd: {target_epsilon: 8, delta: 1.0e-5, max_grad_norm: -1}\n", r"j/job.yaml: field dp_sgd.max_grad_norm"),
+        ("dp_sgd: {target_epsilon: 8, delta: 1.0e-5, max_grad_norm: 1, trainable: '('}\n", "dp_sgd.trainable"),
+        ("dp_update: {clip_norm: 1, delta: 1.0e-5}\n", "field dp_update: set exactly one of"),
+        ("he: {encrypt_layers: ['(']}\n", "field 'he'.*he.encrypt_layers: '\\(' is not a regex"),
+        ("he_encrypt_layers: null\n", "'he_encrypt_layers'.*he: \\{encrypt_layers"),
+    ],
+)
+def test_bad_settings_refused_at_load_naming_the_field(tmp_path, body, message):
+    (tmp_path / "j").mkdir()
+    (tmp_path / "j/job.yaml").write_text(body)
+    with pytest.raises(ConfigError, match=message):
+        load_job_spec("j", tmp_path)
+
+
+def _trainer_args(spec, tmp_path) -> dict:
+    folder = export_job(spec, tmp_path)
+    client = json.loads((folder / "app/config/config_fed_client.json").read_text())
+    return next(e["executor"]["args"] for e in client["executors"] if "train" in e["tasks"])
+
+
+def test_executor_rebuilds_dp_sgd_from_build_jobs_output(tmp_path):
+    """The executor's DP-SGD is DPSGDSettings.from_dict of what build_job wrote, equal to the spec's: one parser,
+    no second validation path; local training is chosen once, when the executor is made."""
+    from consortium.executors.trainer import SiteTrainer
+    from consortium.executors.training import DPSGDTraining, PlainTraining
+
+    dp = load_job_spec("fedavg_dp", REPO / "jobs")
+    args = _trainer_args(dp, tmp_path / "dp")
+    trainer = SiteTrainer(**args)
+    assert isinstance(trainer.training, DPSGDTraining) and trainer.training.private
+    assert trainer.training.settings == dp.dp_sgd and trainer.dp_sgd == dp.dp_sgd.to_dict()
+    plain = SiteTrainer(**_trainer_args(load_job_spec("fedavg", REPO / "jobs"), tmp_path / "plain"))
+    assert isinstance(plain.training, PlainTraining) and not plain.training.private
+    with pytest.raises(ValueError, match="dp_sgd.delta: missing"):  # the same parser as the job file's
+        SiteTrainer(**{**args, "dp_sgd": {"target_epsilon": 8, "max_grad_norm": 1.0}})
+
+
+def test_executor_defaults_are_the_job_specs():
+    """One set of defaults: every executor argument with a default takes JobSpec's."""
+    import inspect
+
+    from consortium.executors.trainer import SiteTrainer
+    from consortium.jobs import JOB_DEFAULTS
+
+    params = inspect.signature(SiteTrainer.__init__).parameters.values()
+    defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+    assert set(defaults) - {"dp_sgd"} <= set(JOB_DEFAULTS)
+    assert all(JOB_DEFAULTS[name] == value for name, value in defaults.items())

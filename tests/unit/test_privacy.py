@@ -505,3 +505,23 @@ def test_dp_variant_states_only_dp_and_filters_run_noise_before_encryption(tmp_p
     assert [f["path"].rsplit(".", 1)[1] for f in result_chain["filters"]] == ["GaussianUpdateFilter", "HEEncryptUpdate"]
     (data_chain,) = client["task_data_filters"]
     assert [f["path"].rsplit(".", 1)[1] for f in data_chain["filters"]] == ["HEDecryptModel", "KeepGlobalModel"]
+
+
+def test_dp_sgd_training_needs_the_tasks_sample_loss():
+    """DP-SGD trains on the task's per-sample loss; a task without one is refused, not trained on batch Dice."""
+    import types
+
+    from consortium.tasks import get_task
+
+    torch.manual_seed(0)
+    x, y = torch.randn(12, 3), (torch.rand(12) > 0.5).float()
+    dataset = torch.utils.data.TensorDataset(x, y)
+    dataset.one_patient_per_sample = True
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4)
+    site = SiteDPSGD(DPSGDSettings(delta=1e-5, max_grad_norm=1.0, noise_multiplier=1.0), model=torch.nn.Linear(3, 1),
+                     train_loader=loader, batch_size=4)  # fmt: skip
+    site.plan(rounds=1, local_epochs=1)
+    result = site.train(get_task("heart"), lr=1e-2, epochs=1)
+    assert result.steps <= site.steps_per_epoch == site.accountant.steps  # every Poisson draw is accounted
+    with pytest.raises(ValueError, match="exports no sample_loss"):
+        site.train(types.ModuleType("plain_task"), lr=1e-2, epochs=1)

@@ -1,5 +1,6 @@
 """The task module: an Opacus-valid model, transforms that keep image and mask aligned, Dice semantics."""
 
+import pytest
 import torch
 from opacus.validators import ModuleValidator
 
@@ -116,3 +117,42 @@ def test_site_size_uses_each_slices_own_spacing():
     report = DataReport(site="x", folder=".")
     report.fields_mm = Counter({(512 * 0.4, 512 * 0.4): 30, (400 * 0.8, 400 * 0.8): 40, (512 * 0.5, 512 * 0.5): 30})
     assert _site_size(report) == (400, 400)  # 40 slices of 320 mm at 0.8 mm: the most common field of view
+
+
+def test_every_registered_task_exports_the_task_interface():
+    """Switching the task is one job value: every registered module exports the same names, METRIC_NAME too."""
+    from consortium.tasks import REQUIRED, TASKS
+
+    assert "METRIC_NAME" in REQUIRED
+    for name in TASKS:
+        task = get_task(name)
+        assert isinstance(task.METRIC_NAME, str) and task.METRIC_NAME
+        assert callable(task.sample_loss)  # DP-SGD's loss: both tasks support dp_sgd
+
+
+def test_a_task_without_a_metric_name_is_refused(monkeypatch):
+    import sys
+    import types
+
+    from consortium import tasks
+
+    fake = types.ModuleType("fake_task")
+    for fn in ("build_model", "make_loaders", "batch_loss", "train", "evaluate"):
+        setattr(fake, fn, lambda *a, **k: None)
+    monkeypatch.setitem(sys.modules, "fake_task", fake)
+    monkeypatch.setitem(tasks.TASKS, "fake", "fake_task")
+    with pytest.raises(TypeError, match=r"fake_task \(TASKS\['fake'\]\) lacks METRIC_NAME"):
+        get_task("fake")
+
+
+def test_seg2d_sample_loss_is_the_mean_of_each_slices_own_loss():
+    """DP-SGD's loss decouples the samples (per-sample clipping needs it); plain training keeps batch Dice."""
+    task = get_task("seg2d")
+    torch.manual_seed(0)
+    model = task.build_model(channels=(4, 8, 16, 32), num_res_units=0)
+    batch = {"image": torch.rand(3, 1, 16, 16), "label": (torch.rand(3, 1, 16, 16) > 0.8).float()}
+    with torch.no_grad():
+        each = [float(task.sample_loss(model, {k: v[i : i + 1] for k, v in batch.items()})) for i in range(3)]
+        whole, coupled = float(task.sample_loss(model, batch)), float(task.batch_loss(model, batch))
+    assert whole == pytest.approx(sum(each) / 3, rel=1e-5)
+    assert abs(coupled - whole) > 1e-6
