@@ -1,32 +1,56 @@
-"""Renyi-DP accounting of the (Poisson-)subsampled Gaussian mechanism: DP-SGD steps and noised updates.
+"""Privacy accounting of the (Poisson-)subsampled Gaussian mechanism with Opacus's accountants, RDP and PRV.
 
-Math: Mironov, Talwar, Zhang 2019, "Renyi Differential Privacy of the Sampled Gaussian Mechanism"
-(integer orders: binomial expansion; fractional orders: their Section 3.3 series), composed by adding
-RDP over steps, converted to (epsilon, delta) with Balle et al. 2020, Theorem 21. Opacus's RDPAccountant
-implements the same analysis; tests/unit/test_privacy.py checks that both agree.
+Both give valid upper bounds on epsilon for the same mechanisms, so the smaller holds: we report it and
+name the accountant that gave it. RDP (Mironov et al. 2019, converted with Balle et al. 2020) is fast and
+always available; PRV (Gopi et al. 2021, numerical composition) is tighter here but slow or failing for
+very large epsilon or very many steps, where we fall back to RDP and say why.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import warnings
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from scipy import special
+from opacus.accountants import PRVAccountant as _OpacusPRV
+from opacus.accountants import RDPAccountant as _OpacusRDP
+from opacus.accountants.analysis import rdp as _rdp_analysis
+
+log = logging.getLogger(__name__)
 
 # Opacus's default orders, extended to 256: small epsilons over many steps are tightest at high orders.
 ORDERS = tuple([1 + x / 10 for x in range(1, 100)] + list(range(12, 64)) + [64, 80, 96, 128, 160, 192, 256])
+METHODS = ("rdp", "prv")
 MAX_NOISE_MULTIPLIER = 1e4  # noise_for_target gives up above this: the budget is unreachable
+PRV_EPS_ERROR = 0.01  # PRV reports its upper bound: estimate + this
+MAX_PRV_POINTS = 3_000_000  # PRV's grid beyond this takes many seconds (eps far above any useful budget)
 
 
-def check_dp_args(*, delta: float, noise_multiplier: float | None = None, sample_rate: float | None = None) -> None:
-    """Refuse values for which the accounting is meaningless, naming the argument."""
+def check_dp_args(
+    *,
+    delta: float,
+    noise_multiplier: float | None = None,
+    sample_rate: float | None = None,
+    target_epsilon: float | None = None,
+    num_patients: int | None = None,
+) -> None:
+    """Refuse values for which the accounting is meaningless, naming the argument, before anything is spent."""
     if not (isinstance(delta, (int, float)) and 0 < delta < 1):
         raise ValueError(f"delta must be in (0, 1), got {delta!r}; use e.g. 1e-5 (below 1 / number of patients)")
+    if num_patients is not None and delta >= 1 / num_patients:
+        raise ValueError(
+            f"delta {delta:g} must be below 1 / number of patients (1/{num_patients} = {1 / num_patients:.3g}): "
+            "a larger delta allows releasing one patient's data outright; use e.g. 1e-5"
+        )
     if noise_multiplier is not None and not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
         raise ValueError(f"noise_multiplier must be a finite number > 0, got {noise_multiplier!r}")
     if sample_rate is not None and not 0 < sample_rate <= 1:
         raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate!r}")
+    if target_epsilon is not None and not (math.isfinite(target_epsilon) and target_epsilon > 0):
+        raise ValueError(f"target_epsilon must be a finite number > 0, got {target_epsilon!r}")
 
 
 def read_dp_settings(raw, *, where: str, required: tuple[str, ...], example: str) -> dict[str, float]:
@@ -58,94 +82,81 @@ def read_dp_settings(raw, *, where: str, required: tuple[str, ...], example: str
     return values
 
 
-def _log_add(a: float, b: float) -> float:
-    hi, lo = max(a, b), min(a, b)
-    return hi if lo == -math.inf else hi + math.log1p(math.exp(lo - hi))
-
-
-def _log_sub(a: float, b: float) -> float:
-    """log(exp(a) - exp(b)) for a >= b."""
-    if b == -math.inf:
-        return a
-    if a == b:
-        return -math.inf
-    return a + math.log(-math.expm1(b - a))
-
-
-def _log_erfc(x: float) -> float:
-    return math.log(2) + float(special.log_ndtr(-x * math.sqrt(2)))
-
-
-def _log_a_integer(q: float, sigma: float, alpha: int) -> float:
-    """log A_alpha = log sum_k C(alpha, k) q^k (1-q)^(alpha-k) exp((k^2 - k) / (2 sigma^2))."""
-    total = -math.inf
-    for k in range(alpha + 1):
-        term = math.log(special.binom(alpha, k)) + k * math.log(q) + (alpha - k) * math.log1p(-q)
-        total = _log_add(total, term + (k * k - k) / (2 * sigma**2))
-    return total
-
-
-def _log_a_fractional(q: float, sigma: float, alpha: float) -> float:
-    """log A_alpha for fractional alpha: the two convergent series of Mironov et al. 2019, Section 3.3."""
-    low, high = -math.inf, -math.inf
-    z0 = sigma**2 * math.log(1 / q - 1) + 0.5
-    k = 0
-    while True:
-        coef = special.binom(alpha, k)
-        log_coef, j = math.log(abs(coef)), alpha - k
-        term_low = log_coef + k * math.log(q) + j * math.log1p(-q)
-        term_high = log_coef + j * math.log(q) + k * math.log1p(-q)
-        s_low = term_low + (k * k - k) / (2 * sigma**2) + math.log(0.5) + _log_erfc((k - z0) / (math.sqrt(2) * sigma))
-        s_high = term_high + (j * j - j) / (2 * sigma**2) + math.log(0.5) + _log_erfc((z0 - j) / (math.sqrt(2) * sigma))
-        if coef > 0:
-            low, high = _log_add(low, s_low), _log_add(high, s_high)
-        else:
-            low, high = _log_sub(low, s_low), _log_sub(high, s_high)
-        k += 1
-        if max(s_low, s_high) < -30:
-            return _log_add(low, high)
-
-
-@lru_cache(maxsize=4096)
-def _rdp_one_step(q: float, sigma: float, orders: tuple) -> tuple:
-    out = []
-    for alpha in orders:
-        if q == 1.0:
-            out.append(alpha / (2 * sigma**2))  # plain Gaussian mechanism: no subsampling
-        elif float(alpha).is_integer():
-            out.append(_log_a_integer(q, sigma, int(alpha)) / (alpha - 1))
-        else:
-            out.append(_log_a_fractional(q, sigma, alpha) / (alpha - 1))
-    return tuple(out)
-
-
 def rdp_subsampled_gaussian(q: float, sigma: float, steps: int, orders=ORDERS) -> np.ndarray:
-    """RDP at each order of `steps` compositions of the Gaussian mechanism with Poisson sampling rate q
-    and noise std = sigma x sensitivity (q = 1: every record in every step)."""
+    """RDP at each order of `steps` subsampled Gaussian steps (Opacus's analysis); kept for the RDP-by-hand test."""
     check_dp_args(delta=0.5, noise_multiplier=sigma, sample_rate=q)
-    return np.asarray(_rdp_one_step(float(q), float(sigma), tuple(orders))) * steps
+    return np.asarray(_rdp_analysis.compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=list(orders)))
 
 
-def epsilon_from_rdp(rdp: np.ndarray, delta: float, orders=ORDERS) -> tuple[float, float]:
-    """(epsilon, best order) at `delta` from RDP values (Balle et al. 2020, Theorem 21)."""
+@dataclass(frozen=True)
+class Spent:
+    """Epsilon at one delta: the tighter bound, which accountant gave it, both numbers, why PRV was not used."""
+
+    epsilon: float
+    accountant: str
+    rdp: float
+    prv: float | None = None
+    note: str = ""
+
+
+def _prv_points(history: tuple, rdp_epsilon: float) -> float:
+    """About how many grid points Opacus's PRV would use: its domain is at least +-(RDP epsilon + 3) with the
+    mesh of PRVAccountant._get_domain. Cheap, so hopeless cases are skipped before they take minutes."""
+    total = sum(n for _, _, n in history)
+    mesh = PRV_EPS_ERROR / math.sqrt(total * math.log(12 / 1e-8) / 2)  # delta_error <= 1e-8 for delta <= 1e-5
+    return 2 * (rdp_epsilon + 3) / mesh
+
+
+@lru_cache(maxsize=512)
+def spent(history: tuple, delta: float, methods: tuple = METHODS, orders: tuple = ORDERS) -> Spent:
+    """Epsilon at `delta` of a history ((noise multiplier, sample rate, steps), ...) under the tighter of
+    `methods`. Cached: a site asks for the same history before and after each round."""
     check_dp_args(delta=delta)
-    alphas = np.asarray(orders, dtype=float)
-    eps = rdp - (math.log(delta) + np.log(alphas)) / (alphas - 1) + np.log((alphas - 1) / alphas)
-    if np.isnan(eps).all():
-        return math.inf, math.nan
-    best = int(np.nanargmin(eps))
-    return max(float(eps[best]), 0.0), float(alphas[best])
+    if not history:
+        return Spent(0.0, methods[0], 0.0)
+    rdp = _OpacusRDP()
+    rdp.history = list(history)
+    rdp_eps = float(rdp.get_epsilon(delta, alphas=list(orders)))
+    if "prv" not in methods:
+        return Spent(rdp_eps, "rdp", rdp_eps)
+    try:
+        if _prv_points(history, rdp_eps) > MAX_PRV_POINTS:
+            raise ValueError(
+                f"skipped: epsilon {rdp_eps:.3g} over {sum(h[2] for h in history)} steps needs too fine a grid"
+            )
+        prv = _OpacusPRV()
+        prv.history = list(history)
+        with np.errstate(divide="ignore"):  # log(0) at q = 1 is Opacus's intended -inf
+            prv_eps = float(prv.get_epsilon(delta, eps_error=PRV_EPS_ERROR))
+        if not math.isfinite(prv_eps):
+            raise ValueError(f"epsilon {prv_eps}")
+    except (ValueError, RuntimeError, FloatingPointError, OverflowError) as exc:
+        if "rdp" not in methods:
+            raise ValueError(f"PRV accountant: {exc}") from exc
+        note = f"PRV {exc}; using RDP"
+        log.info("privacy accountant: %s (history %s, delta %g)", note, list(history), delta)
+        return Spent(rdp_eps, "rdp", rdp_eps, note=note)
+    if "rdp" not in methods:
+        return Spent(prv_eps, "prv", rdp_eps, prv_eps)
+    best = "prv" if prv_eps < rdp_eps else "rdp"
+    return Spent(min(prv_eps, rdp_eps), best, rdp_eps, prv_eps)
 
 
-class RDPAccountant:
-    """Privacy spent by a sequence of (noise multiplier, sample rate, steps) mechanisms, composed in RDP."""
+class Accountant:
+    """Privacy spent by a sequence of (noise multiplier, sample rate, steps) mechanisms, composed by Opacus's
+    RDP and PRV accountants; `epsilon` is the tighter and `last_method` names it."""
 
-    def __init__(self, orders=ORDERS):
-        self.orders = tuple(orders)
+    def __init__(self, orders=ORDERS, methods=METHODS):
+        unknown = set(methods) - set(METHODS)
+        if not methods or unknown:
+            raise ValueError(f"accountant methods must be a non-empty subset of {METHODS}, got {methods!r}")
+        self.orders, self.methods = tuple(orders), tuple(m for m in METHODS if m in methods)
         self.history: list[tuple[float, float, int]] = []
+        self.last: Spent | None = None
 
     def step(self, *, noise_multiplier: float, sample_rate: float, steps: int = 1) -> None:
         check_dp_args(delta=0.5, noise_multiplier=noise_multiplier, sample_rate=sample_rate)
+        noise_multiplier, sample_rate = float(noise_multiplier), float(sample_rate)
         if self.history and self.history[-1][:2] == (noise_multiplier, sample_rate):
             self.history[-1] = (noise_multiplier, sample_rate, self.history[-1][2] + steps)
         else:
@@ -155,50 +166,88 @@ class RDPAccountant:
     def steps(self) -> int:
         return sum(s for _, _, s in self.history)
 
-    def _rdp(self, history) -> np.ndarray:
-        total = np.zeros(len(self.orders))
-        for sigma, q, steps in history:
-            total = total + rdp_subsampled_gaussian(q, sigma, steps, self.orders)
-        return total
+    @property
+    def last_method(self) -> str | None:
+        """The accountant ("rdp" or "prv") that gave the last epsilon returned."""
+        return self.last.accountant if self.last else None
+
+    def spent(self, delta: float, extra: tuple = ()) -> Spent:
+        """Spent at `delta`, with `extra` mechanisms appended (merged like step() merges, so asking before a
+        round gives the same number, and the same cache entry, as asking after it)."""
+        history: list[tuple[float, float, int]] = []
+        for sigma, q, n in [*self.history, *extra]:
+            if history and history[-1][:2] == (float(sigma), float(q)):
+                history[-1] = (*history[-1][:2], history[-1][2] + int(n))
+            else:
+                history.append((float(sigma), float(q), int(n)))
+        self.last = spent(tuple(history), float(delta), self.methods, self.orders)
+        return self.last
 
     def epsilon(self, delta: float) -> float:
-        """Epsilon spent so far at `delta` (0 before any step)."""
-        return epsilon_from_rdp(self._rdp(self.history), delta, self.orders)[0] if self.history else 0.0
+        """Epsilon spent so far at `delta` (0 before any step), the tighter of the accountants."""
+        return self.spent(delta).epsilon
+
+    def epsilon_with_method(self, delta: float) -> tuple[float, str]:
+        spent_now = self.spent(delta)
+        return spent_now.epsilon, spent_now.accountant
 
     def epsilon_after(self, delta: float, *, noise_multiplier: float, sample_rate: float, steps: int) -> float:
         """Epsilon at `delta` if `steps` more steps ran: what a site checks before it trains a round."""
-        return epsilon_from_rdp(self._rdp(self.history + [(noise_multiplier, sample_rate, steps)]), delta, self.orders)[
-            0
-        ]
+        return self.spent(delta, extra=((noise_multiplier, sample_rate, steps),)).epsilon
+
+
+RDPAccountant = Accountant  # the name callers and saved code use; it now also runs PRV
+
+
+class NoiseMultiplier(float):
+    """A noise multiplier (a float, as callers use it) that says which accountant chose it and its epsilon."""
+
+    def __new__(cls, value: float, accountant: str, epsilon: float):
+        obj = super().__new__(cls, value)
+        obj.accountant, obj.epsilon = accountant, epsilon
+        return obj
+
+    def __getnewargs__(self):
+        return float(self), self.accountant, self.epsilon
 
 
 def noise_for_target(
-    *, target_epsilon: float, delta: float, sample_rate: float, steps: int, tol: float = 0.01
-) -> float:
+    *, target_epsilon: float, delta: float, sample_rate: float, steps: int, tol: float = 0.01, methods=METHODS
+) -> NoiseMultiplier:
     """The smallest noise multiplier (within `tol` in epsilon) whose `steps` steps at `sample_rate` spend at
-    most `target_epsilon` at `delta`."""
-    if not (math.isfinite(target_epsilon) and target_epsilon > 0):
-        raise ValueError(f"target_epsilon must be a finite number > 0, got {target_epsilon!r}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    check_dp_args(delta=delta, sample_rate=sample_rate)
+    most `target_epsilon` at `delta` under the tighter accountant; `.accountant` names it."""
+    check_dp_args(delta=delta, sample_rate=sample_rate, target_epsilon=target_epsilon)
+    if not (isinstance(steps, int) and steps >= 1):
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
 
-    def eps(sigma: float) -> float:
-        return epsilon_from_rdp(rdp_subsampled_gaussian(sample_rate, sigma, steps), delta)[0]
+    def search(methods: tuple, low: float, high: float) -> NoiseMultiplier:
+        def at(sigma: float) -> Spent:
+            return spent(((sigma, float(sample_rate), steps),), float(delta), methods)
 
-    low, high = 0.0, 1.0
-    while eps(high) > target_epsilon:
-        low, high = high, 2 * high
-        if high > MAX_NOISE_MULTIPLIER:
-            raise ValueError(
-                f"epsilon {target_epsilon} at delta {delta} is out of reach for {steps} steps at sample rate "
-                f"{sample_rate:.3g}: raise the target epsilon, or train fewer rounds or epochs"
-            )
-    while True:
-        mid = (low + high) / 2
-        if eps(mid) <= target_epsilon:
-            high = mid
-        else:
-            low = mid
-        if target_epsilon - eps(high) <= tol or high - low < 1e-6:
-            return high
+        while at(high).epsilon > target_epsilon:
+            low, high = high, 2 * high
+            if high > MAX_NOISE_MULTIPLIER:
+                raise ValueError(
+                    f"epsilon {target_epsilon} at delta {delta} is out of reach for {steps} steps at sample rate "
+                    f"{sample_rate:.3g}: raise the target epsilon, or train fewer rounds or epochs"
+                )
+        while low > 1e-3 and at(low).epsilon <= target_epsilon:
+            low, high = low / 2, low
+        goal = math.log(max(target_epsilon - tol / 2, target_epsilon / 2))  # aim just inside the target
+        while target_epsilon - at(high).epsilon > tol and high - low > 1e-5 * high:
+            mid = (low + high) / 2  # bisection while epsilon(low) is infinite, else interpolate: PRV is slow
+            eps_low, eps_high = at(low).epsilon if low > 0 else math.inf, at(high).epsilon
+            if math.isfinite(eps_low) and eps_high > 0:  # log epsilon is nearly linear in log sigma
+                t = (goal - math.log(eps_high)) / (math.log(eps_low) - math.log(eps_high))
+                mid = math.exp(math.log(high) + min(max(t, 0.05), 0.95) * (math.log(low) - math.log(high)))
+            low, high = (low, mid) if at(mid).epsilon <= target_epsilon else (mid, high)
+        best = at(high)
+        return NoiseMultiplier(high, best.accountant, best.epsilon)
+
+    methods = tuple(methods)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")  # low sigmas, searching
+        sigma = search(("rdp",), 0.0, 1.0) if "rdp" in methods else None  # fast; bounds PRV's answer from above
+        if "prv" not in methods:
+            return sigma
+        return search(methods, 0.75 * sigma if sigma else 0.0, sigma or 1.0)
