@@ -101,8 +101,9 @@ class DPSGDTraining:
         """DP-SGD accounting so far at this site in this job (empty before its first round)."""
         if self.dp is None:
             return {}
-        return {C.METRIC_DP_EPSILON: self.dp.epsilon(), C.METRIC_DP_DELTA: self.settings.delta,
-                C.METRIC_DP_NOISE: self.dp.noise_multiplier}  # fmt: skip
+        # plain floats: FLARE's serializer refuses other types on the wire (a float subclass too)
+        return {C.METRIC_DP_EPSILON: float(self.dp.epsilon()), C.METRIC_DP_DELTA: float(self.settings.delta),
+                C.METRIC_DP_NOISE: float(self.dp.noise_multiplier)}  # fmt: skip
 
     def spent(self) -> str:
         return f"; DP-SGD epsilon {self.dp.epsilon():.2f} at delta {self.settings.delta:g}"
