@@ -11,6 +11,7 @@ from nvflare.app_common.abstract.model_persistor import ModelPersistor
 from nvflare.app_common.workflows.cross_site_eval import CrossSiteEval
 
 from consortium import constants as C
+from consortium import runrecord
 from consortium.he.wire import PAYLOAD_KEY
 from consortium.workflows.checkpoint import read_history
 
@@ -83,11 +84,9 @@ class ConsortiumCrossSiteEval(CrossSiteEval):
         run_dir = self.get_run_dir()
         with open(os.path.join(run_dir, C.CROSS_SITE_FILE), "w") as f:
             json.dump(matrix, f, indent=1)
-        path = os.path.join(run_dir, C.METRICS_FILE)
         history = read_history(run_dir)
-        history["cross_site"] = matrix
-        with open(path, "w") as f:
-            json.dump(history, f, indent=1, default=float)
+        history[runrecord.CROSS_SITE] = matrix
+        runrecord.write(run_dir, history)  # atomic: a crash never leaves half a record
         for m in models:
             shown = ", ".join(f"{s} {v:.3f}" for s, v in sorted(matrix["scores"][m].items()) if v is not None)
             self.info(f"[progress] cross-site: {m} model on each site's data: {shown}")
