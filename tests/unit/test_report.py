@@ -241,5 +241,6 @@ def test_a_run_record_renders_the_dp_line_of_its_job(tmp_path, setting, spent_ke
     if setting:
         assert "Differential privacy was off" not in md and "| hospital-b | 4.00 | 2 |" in md
         assert "at delta 1e-05" in md
+        assert "Not covered: the validation scores, losses, step counts" in md  # the guarantee's scope, said
     else:
-        assert "Differential privacy was off" in md
+        assert "Differential privacy was off" in md and "Not covered" not in md

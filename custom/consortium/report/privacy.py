@@ -11,6 +11,12 @@ from consortium.report.page import _section
 Spent = dict[str, list[tuple[int, float]]]  # site -> [(round, cumulative epsilon)]
 MECHANISM = {R.Meta.DP_SGD: "DP-SGD", R.Meta.DP_UPDATE: "noise on the update"}
 OFF = "Differential privacy was off in this run: no privacy budget was spent or accounted."
+# what the guarantee covers and what it does not (issue 17: honest scope), said wherever DP was on
+SCOPE = (
+    " What DP covers: the model weights each site sends (with DP-SGD also SCAFFOLD's control variates). "
+    "Not covered: the validation scores, losses, step counts and sample counts the sites also report each round, "
+    "and the cross-site scores; they are small aggregates but not noised."
+)
 
 
 def dp_line(meta: R.RunMeta) -> str:
@@ -65,4 +71,4 @@ def privacy_section(run) -> tuple[str, str, str]:
             delta = _delta(run, setting)
             parts.append(f"{MECHANISM[setting]} ({setting})" + (f" at delta {delta:g}" if delta else ""))
         text = "Cumulative epsilon per site of " + " and of ".join(parts) + "."
-    return _section("Privacy spent", text, header, rows)
+    return _section("Privacy spent", text + SCOPE, header, rows)
