@@ -44,6 +44,11 @@ def test_pacs_export_is_indexed_by_series(tiny_sites):
     assert real_ids and not any(pid in written for pid in real_ids) and "Anon^" not in written
     again = _index(cfg)
     assert again.rows == result.rows
+    # a new salt (the old one lost) changes every pseudonym but not who is in validation
+    (cfg.data.dir / ".pseudonym_salt").unlink()
+    resalted = _index(cfg)
+    assert [r["patient_id"] for r in resalted.rows] != [r["patient_id"] for r in result.rows]
+    assert [(r["image"], r["split"]) for r in resalted.rows] == [(r["image"], r["split"]) for r in result.rows]
     assert json.loads((cfg.data.dir / "index.json").read_text())["series"][0]["pixel_spacing_mm"]
 
 

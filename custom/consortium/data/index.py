@@ -207,8 +207,11 @@ def index_site(
         raise IndexingError(
             f"{dicom_dir}: no series with a usable label (lists: {manifest.parent / 'index.json'}).\n{result.summary()}"
         )
-    patients = sorted({pseudonym(salt, "P", s.patient_id) for s, _, _ in kept})
-    order = sorted(patients, key=lambda p: hashlib.sha256(f"{seed}:{p}".encode()).hexdigest())
+    # the split hashes the site's own patient IDs with the seed (not the salted pseudonyms): the same export
+    # indexed again, even with a new salt, gives the same split; the order never leaves the site
+    by_id = {s.patient_id: pseudonym(salt, "P", s.patient_id) for s, _, _ in kept}
+    patients = sorted(by_id.values())
+    order = [by_id[i] for i in sorted(by_id, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())]
     n_val = round(len(patients) * val_fraction)
     if val_fraction > 0 and len(patients) < MIN_PATIENTS_FOR_VAL:
         n_val = 0
