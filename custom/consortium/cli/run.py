@@ -84,6 +84,18 @@ def cmd_baseline(args) -> int:
     return 0
 
 
+def step_args(args, *argv: str):
+    """`args` completed with the defaults of the command `argv` as its own parser gives them, so that a step the
+    demo runs (data synth, poc up, submit) sees every option it knows, never an attribute missing."""
+    from consortium.cli import build_parser
+
+    step = build_parser().parse_args(["--site-configs", args.site_configs, *argv])
+    for name, value in vars(args).items():
+        if name not in ("command", "fn"):
+            setattr(step, name, value)
+    return step
+
+
 def cmd_demo(args) -> int:
     """Generate data if missing, bring the consortium up, run the job through the admin API, shut down."""
     from consortium.cli.data import cmd_data_synth
@@ -91,17 +103,16 @@ def cmd_demo(args) -> int:
     from consortium.cli.submit import cmd_submit
     from consortium.deploy import poc
 
-    args.force, args.seed, args.size, args.patients, args.sites = False, 0, 64, None, None
-    cmd_data_synth(args)
+    cmd_data_synth(step_args(args, "data", "synth"))
+    up = step_args(args, "poc", "up")
     try:
-        cmd_poc_up(args)
-        args.no_wait, args.rounds = False, None
-        return cmd_submit(args)
+        cmd_poc_up(up)
+        return cmd_submit(step_args(args, "submit", args.job))
     except KeyboardInterrupt:
         print("interrupted: shutting the consortium down")
         return 130
     finally:
-        poc.down(poc_paths(args))
+        poc.down(poc_paths(up))
         print("consortium stopped; no process left running")
 
 
