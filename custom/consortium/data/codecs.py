@@ -96,6 +96,6 @@ def compress_file(src: Path, dst: Path, syntax: str) -> None:
     if not encoder.is_available:
         missing = "; ".join(encoder.missing_dependencies)
         raise ValueError(f"no encoder for {syntax_label(uid)} is installed ({missing}): run `make setup`")
-    ds.compress(uid)
+    ds.compress(uid, generate_instance_uid=False)  # lossless: the same instance, so its UID stays
     dst.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(dst, enforce_file_format=True)

@@ -65,6 +65,10 @@ def write_seg(path: Path, series_files: list[Path], masks: np.ndarray, series_ui
         device_serial_number="1",
         omit_empty_frames=True,
     )
+    # highdicom stamps the wall clock; the generated cohort is deterministic: the series' own date and time
+    date, time = sources[0].get("StudyDate", "20240101"), sources[0].get("StudyTime", "120000")
+    seg.InstanceCreationDate = seg.ContentDate = date
+    seg.InstanceCreationTime = seg.ContentTime = time
     path.parent.mkdir(parents=True, exist_ok=True)
     seg.save_as(path)
 
