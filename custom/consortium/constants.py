@@ -54,6 +54,11 @@ CROSS_SITE_FILE = "cross_site.json"  # the cross-site matrix: every model on eve
 PERSONAL_MODEL_FILE = "personalized_model.pt"
 ALONE_MODEL_FILE = "alone_model.pt"  # the site's model trained alone; leaves it only for cross-site evaluation
 PRIVACY_LEDGER_FOLDER = "consortium_privacy"  # <site workspace>/consortium_privacy/<job id>.json: DP steps spent
+# <workspace>/consortium_trail/exchanges.jsonl: the server's and each site's hash-chained record of every task
+# payload it sent or received (consortium.audit_trail), outside every job folder
+TRAIL_FOLDER = "consortium_trail"
+TRAIL_FILE = "exchanges.jsonl"
+TRAIL_COMPONENT_ID = "consortium_exchange_trail"  # its component id in a participant's local/privacy.json
 METRICS_FILE = "metrics.json"
 CHECKPOINT_FILE = "checkpoint.pt"  # the server's last complete round (model, ciphertext under HE): resume point
 ENCRYPTED_MODEL_FILE = "global_model.encrypted.pt"  # HE jobs: the server's ciphertext checkpoint

@@ -32,6 +32,7 @@ ERRORS = "errors"  # site -> its own error text
 STOPPED = "stopped"  # why the job ended before its last round
 RESUMED = "resumed"  # list of Resume, one per `consortium submit --resume`
 WALL_SECONDS = "wall_seconds"  # the whole simulation, added by `consortium simulate`
+EXCHANGES = "exchanges"  # ExchangesEntry: the job's model exchanges per site, from the server's audit trail
 
 
 class Meta:
@@ -88,6 +89,23 @@ class Refusal:
     REASON = "reason"
 
 
+class Exchanges:
+    """Keys of the record's exchanges (written at the end of the job by consortium.audit_trail.summary)."""
+
+    TRAIL = "trail"  # the server's trail file
+    HEAD = "head"  # the hash of its last record when the job ended: `consortium audit verify --head`
+    RECORDS = "records"  # records in the trail (every job's) when the job ended
+    PROBLEM = "problem"  # None, or the first broken record when the trail did not verify
+    SITES = "sites"  # site -> {TO_SITE: side, FROM_SITE: side, DP_SPENT: {mechanism: epsilon}}
+    TO_SITE = "to_site"  # payloads the server sent to the site
+    FROM_SITE = "from_site"  # payloads the server received from it
+    COUNT = "count"
+    BYTES = "bytes"
+    FIRST = "first"  # {seq, sha256} of the first record that way
+    LAST = "last"
+    DP_SPENT = "dp_spent"  # the epsilon the site's last result reported, per DP mechanism (dp_sgd, dp_update)
+
+
 class Resume:
     JOB = "job"
     FROM_JOB = "from_job"
@@ -142,6 +160,14 @@ class RefusalEntry(TypedDict):
     reason: str
 
 
+class ExchangesEntry(TypedDict):
+    trail: str
+    head: str
+    records: int
+    problem: str | None
+    sites: dict[str, dict[str, Any]]
+
+
 class ResumeEntry(TypedDict):
     job: str
     from_job: str
@@ -163,6 +189,7 @@ class RunRecord(TypedDict, total=False):
     stopped: str
     resumed: list[ResumeEntry]
     wall_seconds: float
+    exchanges: ExchangesEntry
 
 
 class RecordError(ValueError):

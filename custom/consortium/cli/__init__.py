@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from consortium.cli import admin, data, deploy, distributed, jobs, netlab, pretrain, report, results, run, submit
+from consortium.cli import admin, audit, data, deploy, distributed, jobs, netlab, pretrain, report, results, run, submit
 from consortium.config import ConfigError
 
 DEFAULT_SITE_CONFIGS = "site_configs"
@@ -34,6 +34,7 @@ COMMANDS = (
     data.add_data,
     netlab.add_netlab,
     distributed.add_distributed,
+    audit.add_audit,
 )
 
 

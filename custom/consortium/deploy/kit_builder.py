@@ -11,6 +11,7 @@ from nvflare.lighter.entity import Project
 from nvflare.lighter.spec import Builder
 
 from consortium import constants as C
+from consortium.audit_trail.install import with_trail
 from consortium.config import ROLES, SiteConfig, load_site_configs, site_config_dict
 from consortium.deploy.policy import with_allow_list
 
@@ -56,7 +57,8 @@ def privacy_policy(cfg: SiteConfig) -> dict:
         "args": {"require_dp": floor.require_dp, "max_epsilon": floor.max_epsilon, "delta": floor.delta},
     }
     scope = {"name": PRIVACY_SCOPE, "properties": {"site": cfg.name}, "task_result_filters": [guard]}
-    return {"scopes": [scope], "default_scope": PRIVACY_SCOPE}
+    # the site's audit trail of every payload it sends or receives (consortium.audit_trail), also the site's own
+    return with_trail({"scopes": [scope], "default_scope": PRIVACY_SCOPE}, default_scope=PRIVACY_SCOPE)
 
 
 def _resources(local_dir: str) -> dict:
@@ -142,7 +144,7 @@ REJOIN_COMPONENT = {"id": "rejoin_running_jobs", "path": "consortium.deploy.rejo
 def write_server_local(local: str, *, storage_root: str, heartbeat_timeout: int) -> dict:
     """The server kit's local/resources.json (and .default): the allow-list with `consortium.`, job storage
     inside the consortium workspace, the heartbeat timeout after which a silent site is dropped, and reliable
-    streaming (comm_config.json)."""
+    streaming (comm_config.json); local/privacy.json with the audit trail."""
     resources = _resources(local)
     _server_storage(resources, storage_root)
     # FLARE drops a silent site after this many seconds (its default 600): until then a finished job whose
@@ -156,6 +158,9 @@ def write_server_local(local: str, *, storage_root: str, heartbeat_timeout: int)
     for name in ("resources.json", "resources.json.default"):  # `poc prepare` rewrites the first from the second
         _write_json(os.path.join(local, name), resources)
     _write_comm_config(local)
+    # the server's audit trail (consortium.audit_trail): FLARE builds privacy.json's components into every server
+    # job process; the one (empty) scope is the sites' own, so the server admits the same jobs they do
+    _write_json(os.path.join(local, "privacy.json"), with_trail({}, default_scope=PRIVACY_SCOPE))
     return resources
 
 

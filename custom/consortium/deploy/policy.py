@@ -29,3 +29,16 @@ def write_resources_policy(local_dir: Path) -> Path:
     resources = with_allow_list(json.loads(path.read_text()) if path.exists() else {})
     path.write_text(json.dumps(resources, indent=2))
     return path
+
+
+def write_trail_policy(local_dir: Path) -> Path:
+    """Add the audit trail (consortium.audit_trail) to `local_dir/privacy.json`, keeping any scopes in it; the
+    simulator copies local/ to the server and every site, so each keeps its own trail in its workspace."""
+    from consortium.audit_trail.install import with_trail
+    from consortium.deploy.kit_builder import PRIVACY_SCOPE
+
+    local_dir.mkdir(parents=True, exist_ok=True)
+    path = local_dir / "privacy.json"
+    privacy = with_trail(json.loads(path.read_text()) if path.exists() else {}, default_scope=PRIVACY_SCOPE)
+    path.write_text(json.dumps(privacy, indent=2))
+    return path

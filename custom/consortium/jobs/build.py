@@ -136,12 +136,16 @@ def export_job(spec: JobSpec, out_dir: str | Path, *, resume_from: str = "") -> 
     return out_dir / spec.name
 
 
-def simulate(spec: JobSpec, *, sites: list[str], site_config_dir: Path, workspace: Path, threads: int | None = None):
-    """Run the job in the FLARE simulator with one simulated client per site config."""
-    from consortium.deploy.policy import write_resources_policy
+def simulate(spec: JobSpec, *, sites: list[str], site_config_dir: Path, workspace: Path, threads: int | None = None,
+             audit_trail: bool = True):  # fmt: skip
+    """Run the job in the FLARE simulator with one simulated client per site config (`audit_trail` False: no
+    trail of the exchanges, for bench/audit_cost.py's comparison only)."""
+    from consortium.deploy.policy import write_resources_policy, write_trail_policy
 
     os.environ[C.ENV_SITE_CONFIG_DIR] = str(Path(site_config_dir).resolve())
     write_resources_policy(Path(workspace) / "local")  # the simulator copies local/ to every participant
+    if audit_trail:  # the server's and every site's trail, each in its own simulated workspace
+        write_trail_policy(Path(workspace) / "local")
     if spec.he is not None:  # contexts generated for this run; the simulator copies startup/ to every participant
         from consortium.he.contexts import write_contexts
 

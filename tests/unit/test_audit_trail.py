@@ -1,0 +1,212 @@
+"""The exchange trail (consortium.audit_trail): the chain finds edited, removed and inserted records by line,
+the payload digest survives FLARE's own serialisation, `consortium audit show|verify`, and the kits install it."""
+
+import json
+import multiprocessing
+
+import numpy as np
+import pytest
+from nvflare.apis.dxo import DXO, DataKind, MetaKey
+from nvflare.apis.shareable import Shareable
+
+from consortium import constants as C
+from consortium.audit_trail import chain
+from consortium.audit_trail.digest import payload_digest
+from consortium.audit_trail.recorder import dp_spent
+from consortium.cli import main
+
+
+def _trail(tmp_path, n=5):
+    path = tmp_path / C.TRAIL_FOLDER / C.TRAIL_FILE
+    for i in range(n):
+        entry = {"job": "j1", "round": i, "task": "train", "direction": "sent", "peer": "server", "bytes": 10 + i,
+                 "sha256": f"{i:064x}", "he": False, "dp_epsilon": {"dp_sgd": 0.5 * i} if i else None}  # fmt: skip
+        chain.append(path, entry)
+    return path
+
+
+def _lines(path):
+    return path.read_text().splitlines()
+
+
+def _write(path, lines):
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+def test_append_links_every_record_to_the_one_before(tmp_path):
+    path = _trail(tmp_path)
+    records = [json.loads(line) for line in _lines(path)]
+    assert [r["seq"] for r in records] == [0, 1, 2, 3, 4]
+    assert records[0]["prev_hash"] == chain.GENESIS
+    pairs = zip(records[:-1], records[1:], strict=True)
+    assert all(b["prev_hash"] == a["hash"] == chain.record_hash(a) for a, b in pairs)
+    verdict = chain.verify(path)
+    assert verdict.problem is None and len(verdict.records) == 5 and verdict.head == records[-1]["hash"]
+
+
+def test_an_edited_record_is_named_by_its_line(tmp_path):
+    path = _trail(tmp_path)
+    lines = _lines(path)
+    record = json.loads(lines[2])
+    record["bytes"] = 999  # someone lowers what was sent
+    lines[2] = json.dumps(record)
+    _write(path, lines)
+    verdict = chain.verify(path)
+    assert verdict.line == 3 and "line 3 (seq 2): edited" in verdict.problem and len(verdict.records) == 2
+
+
+def test_an_edited_and_rehashed_record_breaks_the_next_link(tmp_path):
+    path = _trail(tmp_path)
+    lines = _lines(path)
+    record = json.loads(lines[1])
+    record["sha256"] = "f" * 64
+    record["hash"] = chain.record_hash(record)
+    lines[1] = json.dumps(record)
+    _write(path, lines)
+    verdict = chain.verify(path)
+    assert verdict.line == 3 and "line 2 was replaced" in verdict.problem
+
+
+def test_a_removed_record_is_named_by_the_line_after_it(tmp_path):
+    path = _trail(tmp_path)
+    lines = _lines(path)
+    del lines[2]
+    _write(path, lines)
+    verdict = chain.verify(path)
+    assert verdict.line == 3 and "1 record(s) removed before it (seq jumps from 1 to 3)" in verdict.problem
+    del lines[0]  # the first record gone: the chain no longer starts at GENESIS
+    _write(path, lines)
+    assert chain.verify(path).line == 1 and "removed" in chain.verify(path).problem
+
+
+def test_an_inserted_record_is_found(tmp_path):
+    path = _trail(tmp_path)
+    lines = _lines(path)
+    # a forged record with a valid hash, linked to line 2 and numbered as if it belonged there
+    before = json.loads(lines[1])
+    forged = {**json.loads(lines[2]), "sha256": "e" * 64, "prev_hash": before["hash"]}
+    forged["hash"] = chain.record_hash(forged)
+    _write(path, lines[:2] + [json.dumps(forged)] + lines[2:])
+    verdict = chain.verify(path)
+    assert verdict.line == 4 and "a record inserted at or just before this line" in verdict.problem
+    # a copy of an earlier record pasted in: its own link is wrong
+    _write(path, lines[:3] + [lines[0]] + lines[3:])
+    verdict = chain.verify(path)
+    assert verdict.line == 4 and "inserted" in verdict.problem
+
+
+def test_records_cut_off_at_the_end_are_found_with_a_head_kept_elsewhere(tmp_path):
+    path = _trail(tmp_path)
+    head = chain.verify(path).head
+    _write(path, _lines(path)[:-2])
+    assert chain.verify(path).problem is None  # a shorter chain is still a chain
+    verdict = chain.verify(path, head=head)
+    assert "records removed at its end" in verdict.problem
+
+
+def test_append_refuses_to_continue_a_broken_last_line(tmp_path):
+    path = _trail(tmp_path, 2)
+    with path.open("a") as f:
+        f.write('{"seq": 2, "half a rec\n')
+    with pytest.raises(chain.TrailError, match="last line is not a trail record"):
+        chain.append(path, {"job": "j1"})
+    assert chain.verify(path).line == 3 and "not a JSON record" in chain.verify(path).problem
+
+
+def _append_many(path, who, n):
+    for i in range(n):
+        chain.append(path, {"job": who, "round": i})
+
+
+def test_processes_appending_at_once_keep_one_chain(tmp_path):
+    path = tmp_path / "t.jsonl"
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_append_many, args=(path, w, 40)) for w in ("a", "b")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    verdict = chain.verify(path)
+    assert verdict.problem is None and len(verdict.records) == 80
+
+
+def _model_result(weights: dict, epsilon=None) -> Shareable:
+    meta = {MetaKey.NUM_STEPS_CURRENT_ROUND: 12, MetaKey.INITIAL_METRICS: {"val_score": 0.5}}
+    if epsilon is not None:
+        meta[C.METRIC_DP_EPSILON] = epsilon
+    return DXO(DataKind.WEIGHTS, data=weights, meta=meta).to_shareable()
+
+
+def test_the_payload_digest_is_the_same_after_flares_serialisation():
+    from nvflare.app_common.decomposers import common_decomposers
+
+    common_decomposers.register()  # numpy arrays, as FLARE's processes register them
+    rng = np.random.default_rng(0)
+    weights = {"conv.weight": rng.normal(size=(4, 3, 3)).astype(np.float32), "conv.bias": np.zeros(4, np.float32)}
+    sent = _model_result(weights, epsilon=1.25)
+    sent.set_header("task_id", "t-1")
+    received = Shareable.from_bytes(sent.to_bytes())  # FLARE's FOBS, as on the wire
+    received.set_header("peer_ctx_extra", "added on the way")  # headers are routing, not payload
+    a, b = payload_digest(sent), payload_digest(received)
+    assert a == b and a.kind == DataKind.WEIGHTS and not a.he
+    assert a.bytes > sum(v.nbytes for v in weights.values())
+    changed = dict(weights, **{"conv.bias": np.full(4, 1e-7, np.float32)})
+    assert payload_digest(_model_result(changed, epsilon=1.25)).sha256 != a.sha256
+    assert payload_digest(_model_result(weights, epsilon=1.26)).sha256 != a.sha256  # the meta is covered
+    assert dp_spent(received) == {"dp_sgd": 1.25} and dp_spent(_model_result(weights)) is None
+
+
+def test_an_encrypted_payload_is_marked_he():
+    from consortium.he.wire import PAYLOAD_KEY
+
+    dxo = DXO(DataKind.WEIGHTS, data={PAYLOAD_KEY: {"chunks": [b"\x01\x02"], "weight": 3.0}})
+    assert payload_digest(dxo.to_shareable()).he
+
+
+def test_audit_show_prints_a_table_and_verify_names_the_broken_line(tmp_path, capsys):
+    path = _trail(tmp_path)
+    assert main(["audit", "show", str(tmp_path)]) == 0  # a workspace folder: its consortium_trail/
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["line", "seq", "time", "job", "round", "task", "direction", "peer", "kind", "bytes",
+                              "sha256", "he", "dp", "epsilon"]  # fmt: skip
+    assert len(out) == 2 + 5 + 1 and out[3].split()[:2] == ["2", "1"] and "dp_sgd 0.50" in out[3]
+    assert "5 records; chain intact" in out[-1]
+    assert main(["audit", "show", str(path), "--last", "2"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2 + 2 + 1
+    assert main(["audit", "verify", str(path)]) == 0 and "5 records, chain intact" in capsys.readouterr().out
+    lines = _lines(path)
+    _write(path, lines[:1] + lines[2:])
+    assert main(["audit", "verify", str(path)]) == 1
+    assert "BROKEN at line 2 (seq 2)" in capsys.readouterr().out
+    assert main(["audit", "verify", str(tmp_path / "nothing.jsonl")]) == 2
+    assert "no trail file there" in capsys.readouterr().err
+
+
+def test_every_kit_and_the_simulator_install_the_recorder_where_flare_builds_it(tmp_path):
+    """FLARE's own privacy configurator builds the recorder from the site's and the server's privacy.json."""
+    from nvflare.apis.workspace import Workspace
+    from nvflare.private.fed.app.fl_conf import create_privacy_manager
+
+    from consortium.audit_trail.recorder import ExchangeRecorder
+    from consortium.config import load_site_configs
+    from consortium.deploy.kit_builder import PRIVACY_SCOPE, privacy_policy, write_server_local
+    from consortium.deploy.policy import write_trail_policy
+    from tests.conftest import REPO
+
+    cfg = load_site_configs(REPO / "site_configs")["hospital-c"]
+    site, server, sim = tmp_path / "site", tmp_path / "server", tmp_path / "sim"
+    for root in (site, server, sim):
+        (root / "local").mkdir(parents=True)
+        (root / "startup").mkdir()
+    (site / "local" / "privacy.json").write_text(json.dumps(privacy_policy(cfg)))
+    (server / "local" / "resources.json.default").write_text(json.dumps({"snapshot_persistor": {"args": {"storage": {
+        "args": {}}}}, "components": [{"id": "job_manager", "args": {}}]}))  # fmt: skip
+    write_server_local(str(server / "local"), storage_root=str(tmp_path / "storage"), heartbeat_timeout=60)
+    write_trail_policy(sim / "local")
+    write_trail_policy(sim / "local")  # idempotent: one recorder
+    for root, name, is_server in ((site, "hospital-c", False), (server, "server", True), (sim, "site-1", False)):
+        manager = create_privacy_manager(Workspace(str(root), name), names_only=False, is_server=is_server)
+        assert manager.is_policy_defined() and manager.get_scope("") is not None  # jobs naming no scope pass
+        assert manager.get_scope(PRIVACY_SCOPE) is not None
+        assert list(manager.components) == [C.TRAIL_COMPONENT_ID]
+        assert isinstance(manager.components[C.TRAIL_COMPONENT_ID], ExchangeRecorder)
