@@ -210,3 +210,40 @@ def test_every_kit_and_the_simulator_install_the_recorder_where_flare_builds_it(
         assert manager.get_scope(PRIVACY_SCOPE) is not None
         assert list(manager.components) == [C.TRAIL_COMPONENT_ID]
         assert isinstance(manager.components[C.TRAIL_COMPONENT_ID], ExchangeRecorder)
+
+
+def test_the_report_renders_governance_and_exchanges_or_says_not_recorded(tmp_path):
+    from consortium import runrecord as R
+    from consortium.audit_trail.summary import job_exchanges
+    from consortium.report.governance import governance_sections
+    from consortium.report.load import load_run
+
+    trail = tmp_path / "server" / C.TRAIL_FOLDER / C.TRAIL_FILE
+    for direction, sha, eps in (("sent", "a" * 64, None), ("received", "b" * 64, {"dp_sgd": 1.5}),
+                                ("received", "c" * 64, {"dp_sgd": 2.25})):  # fmt: skip
+        chain.append(trail, {"job": "j1", "direction": direction, "peer": "site-a", "bytes": 2_000_000,
+                             "sha256": sha, "dp_epsilon": eps})  # fmt: skip
+    chain.append(trail, {"job": "other", "direction": "sent", "peer": "site-a", "bytes": 5, "sha256": "d" * 64})
+    record = R.new(task="seg2d", num_rounds=1, meta={R.Meta.JOB: "fedavg"})
+    record[R.ROUNDS] = [{R.Round.ROUND: 0, R.Round.SITES: {"site-a": {}}}]
+    R.write(tmp_path, record)
+    governance, exchanges = (md for _, md, _ in governance_sections(load_run(tmp_path)))
+    assert "| purpose | not recorded |" in governance and "| audit trail | not recorded |" in governance
+    assert "Not recorded" in exchanges
+
+    record[R.EXCHANGES] = job_exchanges(trail, "j1")
+    record[R.META]["governance"] = {"purpose": "lesion segmentation research",
+                                    "agreement": {"id": "DSA-7", "version": "2"},
+                                    "approvals": [{"site": "site-a", "by": "purpose"}],
+                                    "refusals": [{"site": "site-b", "reason": "purpose not approved"}]}  # fmt: skip
+    R.write(tmp_path, record)
+    governance, exchanges = (md for _, md, _ in governance_sections(load_run(tmp_path)))
+    assert "| purpose | lesion segmentation research |" in governance
+    assert (
+        "| agreement | DSA-7 version 2 |" in governance and "site: site-b, reason: purpose not approved" in governance
+    )
+    assert "4 records" in governance and "verified when the job ended" in governance
+    row = next(line for line in exchanges.splitlines() if line.startswith("| site-a"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells == ["site-a", "1", "2.00 MB", "aaaaaaaaaaaa / aaaaaaaaaaaa", "2", "4.00 MB",
+                     "bbbbbbbbbbbb / cccccccccccc", "dp_sgd 2.25"]  # fmt: skip

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from consortium import runrecord as R
+from consortium.report.governance import governance_sections
 from consortium.report.page import Section, _section
 from consortium.report.privacy import privacy_section
+from consortium.report.reveals import reveals_section
 from consortium.report.tables import (
     _fmt,
     answer_rows,
@@ -78,11 +80,13 @@ def all_sections(run) -> list[Section]:
         cross_site(run),
         comparison(run),
         privacy_section(run),
+        reveals_section(run),
     ]
     problems = problem_rows(run.history)
     if problems:
         sections.append(_section("Site errors and refusals", "", ["site", "message"], problems))
     sections += availability_sections(run.history)
+    sections += governance_sections(run)  # purpose, agreement, approvals; exchanges per site (audit trail)
     if run.notes:
         sections.append(_section("Notes", "; ".join(run.notes)))
     return sections
