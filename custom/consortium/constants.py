@@ -8,6 +8,9 @@ TASK_SUBMIT_MODEL = "submit_model"
 # learning-rate schedule as the federated rounds (the job's `train_alone`); cross-site evaluation then
 # scores that model on every site's data: "is the shared model better than training alone?"
 TASK_TRAIN_ALONE = "train_alone"
+# after training: each site attacks the final global model with its own training patients against its
+# validation patients (membership inference, privacy/audit.py) and sends back only the scores (AUDIT_KEYS)
+TASK_AUDIT = "audit_membership"
 
 # Metric keys reported by sites (FLModel.metrics).
 METRIC_TRAIN_LOSS = "train_loss"
@@ -26,6 +29,11 @@ METRIC_DP_EPSILON = "dp_epsilon"  # DP-SGD epsilon spent at this site in this jo
 METRIC_DP_DELTA = "dp_delta"
 METRIC_DP_NOISE = "dp_noise_multiplier"
 METRIC_DP_UPDATE_EPSILON = "dp_update_epsilon"  # the Gaussian update filter's own epsilon (at its delta)
+# Membership-inference audit result (TASK_AUDIT): counts and scores only, never anything about one patient.
+AUDIT_KEYS = ("n_members", "n_nonmembers", "loss_auc", "loss_tpr_at_1pct_fpr", "calibrated_auc",
+              "calibrated_tpr_at_1pct_fpr", "fpr_floor", "reference_models")  # fmt: skip
+METRIC_AUDIT_ERROR = "audit_error"  # the site's audit failed: why (the job still completes)
+METRIC_AUDIT_SECONDS = "audit_seconds"
 
 # Meta keys of tasks and results.
 META_FINETUNE_EPOCHS = "finetune_epochs"  # final validation: fine-tune the global model this many epochs

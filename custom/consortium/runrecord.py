@@ -32,6 +32,9 @@ ERRORS = "errors"  # site -> its own error text
 STOPPED = "stopped"  # why the job ended before its last round
 RESUMED = "resumed"  # list of Resume, one per `consortium submit --resume`
 WALL_SECONDS = "wall_seconds"  # the whole simulation, added by `consortium simulate`
+# site -> its membership-inference scores (C.AUDIT_KEYS, C.METRIC_AUDIT_SECONDS) or C.METRIC_AUDIT_ERROR; absent in
+# records written before the audit existed, or of jobs with `audit: false`
+AUDIT = "audit"
 EXCHANGES = "exchanges"  # ExchangesEntry: the job's model exchanges per site, from the server's audit trail
 
 
@@ -48,6 +51,7 @@ class Meta:
     DP_SGD = "dp_sgd"  # the job's DP-SGD settings (training at the site)
     DP_UPDATE = "dp_update"  # the job's Gaussian noise on each site's update (filters/dp.py)
     PRETRAINED = "pretrained"
+    AUDIT = "audit"  # the job's audit settings {references, epochs} (privacy/settings.py AuditSettings)
     TASK = "task"
     ALGORITHM = "algorithm"
     ROUNDS = "rounds"
@@ -128,6 +132,7 @@ class RunMeta(TypedDict, total=False):
     dp_sgd: dict[str, Any]
     dp_update: dict[str, Any]
     pretrained: str
+    audit: dict[str, Any]
     task: str
     algorithm: str
     rounds: int
@@ -189,6 +194,7 @@ class RunRecord(TypedDict, total=False):
     stopped: str
     resumed: list[ResumeEntry]
     wall_seconds: float
+    audit: dict[str, dict[str, Any]]
     exchanges: ExchangesEntry
 
 

@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from consortium import constants as C
 from consortium.tasks import get_task
 from tests.conftest import REPO
 
@@ -55,6 +56,17 @@ def test_fedavg_simulation_improves_dice(small_sites, tmp_path):
         assert m["steps"] == sum(r["sites"][name]["steps"] for r in history["rounds"])
         assert history["cross_site"]["scores"][name][name] == pytest.approx(m["alone_score"], abs=1e-6)
     assert "trained alone, validation Dice" in proc.stdout
+
+    # the membership-inference audit ends every job: each site attacked the final model, only scores came back
+    audit = history["audit"]
+    assert set(audit) == {"site-a", "site-b"} and history["meta"]["audit"] == {"references": 2, "epochs": 2}
+    for name, m in audit.items():
+        assert set(m) == {*C.AUDIT_KEYS, C.METRIC_AUDIT_SECONDS}, m  # no error; nothing about a single patient
+        assert m["n_members"] + m["n_nonmembers"] <= 10 and m["n_nonmembers"] >= 1 and m["reference_models"] == 2
+        assert 0 <= m["loss_auc"] <= 1 and 0 <= m["calibrated_auc"] <= 1
+        assert f"[progress] audit {name}: membership AUC (0.5 = chance) loss attack {m['loss_auc']:.3f}" in proc.stdout
+    report = (out / "report" / "report.md").read_text()
+    assert "## What the model reveals" in report and f"| site-a | no DP | {audit['site-a']['n_members']} / " in report
 
 
 def test_he_job_matches_plaintext_fedavg(small_sites, tmp_path):

@@ -100,3 +100,126 @@ def test_dp_sgd_at_epsilon_1_brings_the_attack_close_to_chance():
         assert model.dp_epsilon <= 1.0 + 1e-6
         aucs.append(audit_site(model, heart_item_loss, members, nonmembers)["loss_auc"])
     assert abs(np.mean(aucs) - 0.5) < 0.1, aucs
+
+
+# -- the audit inside every job: its settings, the site's task on its own loaders, the report's section
+
+
+def test_audit_settings_parsed_at_load_and_refused_naming_the_key():
+    from consortium.config import ConfigError
+    from consortium.jobs.spec import JobSpec
+    from consortium.privacy.settings import AuditSettings
+
+    assert JobSpec(name="j").audit == AuditSettings(references=2, epochs=2)  # on by default
+    assert JobSpec(name="j", audit=False).audit is None and JobSpec(name="j", audit=True).audit == AuditSettings()
+    assert JobSpec(name="j", audit={"references": 0}).audit == AuditSettings(references=0, epochs=2)
+    assert JobSpec(**JobSpec(name="j", audit={"epochs": 3}).to_dict()).audit.epochs == 3  # the simulator's copy
+    for bad, message in [
+        ({"references": 3}, "audit.references: reference models come in complementary pairs"),
+        ({"epochs": 0}, "audit.epochs: must be >= 1"),
+        ({"refs": 2}, "audit.refs: unknown key"),
+        ({"epochs": 1.5}, "audit.epochs: expected a whole number"),
+        ("yes", "audit: expected"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            JobSpec(name="j", audit=bad)
+
+
+def test_secure_mode_is_refused_with_the_reason():
+    from consortium.privacy.settings import DPSGDSettings
+
+    raw = {"delta": 1e-5, "max_grad_norm": 1.0, "target_epsilon": 1.0}
+    with pytest.raises(ValueError, match=r"dp_sgd.secure_mode: not offered: .*torchcsprng.*Python 3.11"):
+        DPSGDSettings.from_dict({**raw, "secure_mode": True})
+    assert DPSGDSettings.from_dict({**raw, "secure_mode": False}) == DPSGDSettings.from_dict(raw)
+
+
+def _heart_site(dp=None, audit=None):
+    """A site as the executor holds it after setup: Switzerland's real rows (30 train, 16 test), standardised."""
+    from types import SimpleNamespace
+
+    from consortium.config import load_site_configs
+    from consortium.executors.training import local_training
+    from tests.conftest import REPO
+
+    cfg = load_site_configs(REPO / "site_configs" / "heart")["switzerland"]
+    train_loader, val_loader, _ = heart.make_loaders(cfg, batch_size=4, standardise="local")
+    return SimpleNamespace(task=heart, train_loader=train_loader, val_loader=val_loader, lr=0.01, batch_size=4,
+                           seed=0, training=local_training(dp), audit=audit, site_cfg=cfg)  # fmt: skip
+
+
+def test_site_audit_on_a_real_hospital_sends_only_scores():
+    from consortium.executors.audit import site_audit
+    from consortium.privacy.settings import AuditSettings
+
+    torch.set_num_threads(1)
+    site = _heart_site()
+    model = heart.build_model()
+    site.task.train(model, site.train_loader, epochs=2, lr=0.01)
+    weights = {k: v.numpy() for k, v in model.state_dict().items()}
+    result = site_audit(site, weights, AuditSettings(references=2, epochs=1))
+    assert set(result) == set(AUDIT_KEYS) and (result["n_members"], result["n_nonmembers"]) == (30, 16)
+    assert all(isinstance(v, (int, float)) for v in result.values())  # nothing about any single patient
+    assert 0 <= result["loss_auc"] <= 1 and 0 <= result["calibrated_auc"] <= 1
+    dp = {"delta": 1e-5, "max_grad_norm": 1.0, "target_epsilon": 1.0}  # references trained with the job's DP-SGD
+    assert site_audit(_heart_site(dp=dp), weights, AuditSettings(references=2, epochs=1))["reference_models"] == 2
+
+
+def test_audit_task_reports_its_error_instead_of_failing():
+    from nvflare.apis.fl_constant import ReturnCode
+    from nvflare.app_common.abstract.fl_model import FLModel
+    from nvflare.app_common.utils.fl_model_utils import FLModelUtils
+
+    from consortium import constants as C
+    from consortium.executors.audit import audit_task
+
+    site = _heart_site(audit={"references": 2, "epochs": 1})
+    logged = []
+    site.log_info = site.log_exception = lambda ctx, message: logged.append(message)
+    wrong = FLModelUtils.to_shareable(FLModel(params={"not.a.layer": np.zeros(2)}))  # a model that does not fit
+    reply = audit_task(site, wrong, None)
+    assert reply.get_return_code(ReturnCode.OK) == ReturnCode.OK
+    error = FLModelUtils.from_shareable(reply).metrics[C.METRIC_AUDIT_ERROR]
+    assert error.startswith("audit failed: RuntimeError") and "not.a.layer" in error and error in logged[-1]
+
+
+def _record(folder, *, dp: bool, audit: dict | None):
+    from consortium import runrecord as R
+
+    meta = {R.Meta.JOB: folder.name, R.Meta.AUDIT: {"references": 2, "epochs": 2}}
+    sites = {"site-a": {"val_score": 0.5}}
+    if dp:
+        meta[R.Meta.DP_SGD] = {"target_epsilon": 1.0, "delta": 1e-5, "max_grad_norm": 1.0}
+        sites["site-a"] |= {"dp_epsilon": 0.98, "dp_delta": 1e-5}
+    record = R.new(task="heart", num_rounds=1, meta=meta)
+    record[R.ROUNDS] = [{"round": 0, "sites": sites}]
+    if audit is not None:
+        record[R.AUDIT] = audit
+    folder.mkdir(parents=True)
+    R.write(folder, record)
+
+
+SCORES = {"n_members": 100, "n_nonmembers": 100, "loss_auc": 0.52, "loss_tpr_at_1pct_fpr": 0.01, "fpr_floor": 0.01,
+          "calibrated_auc": 0.71, "calibrated_tpr_at_1pct_fpr": 0.2, "reference_models": 2}  # fmt: skip
+
+
+def test_report_section_per_site_with_dp_setting_and_the_run_beside_it(tmp_path):
+    from consortium.report.load import load_run
+    from consortium.report.reveals import TITLE, chance_band, reveals_section
+
+    assert chance_band(100, 100) == pytest.approx(2 * np.sqrt(201 / 120000))  # Mann-Whitney's null spread
+    _record(tmp_path / "old", dp=False, audit=None)  # a record from before the audit: still read
+    title, md, _ = reveals_section(load_run(tmp_path / "old"))
+    assert title == TITLE and "no membership-inference audit" in md
+    _record(tmp_path / "dp", dp=True, audit={"site-a": {**SCORES, "calibrated_auc": 0.53}, "site-b": {
+        "audit_error": "audit failed: ValueError: no held-out patients"}})  # fmt: skip
+    md = reveals_section(load_run(tmp_path / "dp"))[1]
+    assert "0.5 is a coin toss" in md and "docs/results.md" in md  # no run without DP beside it yet
+    assert "| site-a | epsilon 0.98 (DP-SGD) | 100 / 100 | 0.520 | 0.010 | 0.530 |" in md
+    assert (
+        "cannot be told from chance" in md and "| site-b | DP job; no spend recorded | audit failed: ValueError" in md
+    )
+    _record(tmp_path / "plain", dp=False, audit={"site-a": SCORES})
+    md = reveals_section(load_run(tmp_path / "dp"))[1]
+    assert "run plain (job plain), beside this one, without DP" in md
+    assert "| site-a (plain) | no DP | 100 / 100 | 0.520 | 0.010 | 0.710 | 0.200 |" in md and "membership visible" in md

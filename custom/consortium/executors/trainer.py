@@ -20,6 +20,7 @@ from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 from consortium import constants as C
 from consortium.algorithms import WEIGHTINGS, FedProx, Scaffold, ServerMomentum, split_controls, with_controls
 from consortium.config import load_site_config
+from consortium.executors.audit import audit_task
 from consortium.executors.site_models import SiteModels
 from consortium.executors.training import Site, local_training
 from consortium.jobs.spec import JOB_DEFAULTS
@@ -73,6 +74,7 @@ class SiteTrainer(SiteModels, Executor):
         local_steps: int | None = JOB_DEFAULTS["local_steps"],
         dp_sgd: dict | None = None,  # build_job's DPSGDSettings.to_dict(); None: no DP-SGD
         server_momentum: float = JOB_DEFAULTS["server_momentum"],
+        audit: dict | None = JOB_DEFAULTS["audit"],  # build_job's AuditSettings.to_dict(); None: no audit
     ):
         super().__init__()
         # attribute names match the args so FLARE's job exporter can read them back
@@ -82,6 +84,8 @@ class SiteTrainer(SiteModels, Executor):
         self.local_steps, self.dp_sgd, self.server_momentum = local_steps, dp_sgd, float(server_momentum)
         self._scaffold = Scaffold() if algorithm == "scaffold" else None
         self._momentum = ServerMomentum(self.server_momentum) if self.server_momentum > 0 else None
+        # the audit task (executors/audit.py): attack the final model, send only scores (plain data for FLARE)
+        self.audit = audit.to_dict() if hasattr(audit, "to_dict") else audit
         # plain or DP-SGD, chosen once; the site's own privacy floor (site config `privacy:`) decides whether the
         # job's DP-SGD request is good enough
         self.training = local_training(dp_sgd)
@@ -138,6 +142,8 @@ class SiteTrainer(SiteModels, Executor):
                 return self._submit_model(fl_ctx)
             if task_name == C.TASK_TRAIN_ALONE:
                 return self._train_alone(shareable, fl_ctx, abort_signal)
+            if task_name == C.TASK_AUDIT:
+                return audit_task(self, shareable, fl_ctx)
             self.log_error(fl_ctx, f"task '{task_name}' is not handled by SiteTrainer")
             return make_reply(ReturnCode.TASK_UNKNOWN)
         except BudgetRefused as exc:  # not an error: the site's privacy floor says no; the server drops the site

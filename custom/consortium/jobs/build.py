@@ -18,6 +18,8 @@ TASK_CHECK_PERIOD = 0.1  # seconds between the server workflow's checks for resu
 # asks the server whether the task is still open, and sends again only if it is. Sending itself is not
 # limited by this: FLARE counts it as idle time, reset by every chunk that moves.
 SUBMIT_RESULT_TIMEOUT = 30.0
+# tasks that bring the global model to a site (ciphertext under HE, decrypted there by HEDecryptModel)
+MODEL_TASKS = [C.TASK_TRAIN, C.TASK_VALIDATE, C.TASK_AUDIT]
 
 
 def build_job(spec: JobSpec, *, stream_logs: bool = True, resume_from: str = ""):
@@ -67,11 +69,17 @@ def build_job(spec: JobSpec, *, stream_logs: bool = True, resume_from: str = "")
             **({"dp_sgd": spec.dp_sgd.to_dict()} if spec.dp_sgd else {}),
             **({"dp_update": spec.dp_update.to_dict()} if spec.dp_update else {}),
             **({"pretrained": Path(spec.pretrained).name} if spec.pretrained else {}),
+            **({"audit": spec.audit.to_dict()} if spec.audit else {}),
         },
     )
     job.to_server(controller)
     if spec.cross_site:  # FLARE's cross-site evaluation runs after training, on the saved global model
         job.to_server(ConsortiumCrossSiteEval(task_check_period=TASK_CHECK_PERIOD, timeout=spec.round_timeout))
+    if spec.audit:  # last: every site attacks the final global model with its own patients; only scores return
+        from consortium.workflows.audit import MembershipAudit
+
+        timeout = spec.round_timeout * (1 + spec.audit.references)  # the site trains its reference models
+        job.to_server(MembershipAudit(task_check_period=TASK_CHECK_PERIOD, timeout=timeout))
     if spec.dp_update:  # noise on the update before it is encrypted: this result filter precedes HEEncryptUpdate
         from consortium.filters.dp import GaussianUpdateFilter
 
@@ -87,12 +95,12 @@ def build_job(spec: JobSpec, *, stream_logs: bool = True, resume_from: str = "")
             filter_type=FilterType.TASK_RESULT,
             tasks=[C.TASK_TRAIN, C.TASK_SUBMIT_MODEL],  # a site's own model leaves it encrypted too
         )
-        job.to_clients(HEDecryptModel(), filter_type=FilterType.TASK_DATA, tasks=[C.TASK_TRAIN, C.TASK_VALIDATE])
+        job.to_clients(HEDecryptModel(), filter_type=FilterType.TASK_DATA, tasks=MODEL_TASKS)
     if spec.dp_update:  # after HEDecryptModel: the update filter needs the plaintext model the site received
         from consortium.filters.dp import KeepGlobalModel
 
         # FLARE wants identical task sets for filters of one job: the same as HEDecryptModel's
-        job.to_clients(KeepGlobalModel(), filter_type=FilterType.TASK_DATA, tasks=[C.TASK_TRAIN, C.TASK_VALIDATE])
+        job.to_clients(KeepGlobalModel(), filter_type=FilterType.TASK_DATA, tasks=MODEL_TASKS)
     # Idle sites ask the server for work every `task_request_interval` s (FLARE default 2 s): with rounds of
     # a few seconds that wait dominated each round, so ask often; the requests are tiny.
     job.to_server({"server": {"task_request_interval": TASK_REQUEST_INTERVAL}})
@@ -110,8 +118,10 @@ def build_job(spec: JobSpec, *, stream_logs: bool = True, resume_from: str = "")
         dp_sgd=spec.dp_sgd.to_dict() if spec.dp_sgd else None,
         server_momentum=spec.server_momentum,
         standardise=spec.standardise,
+        audit=spec.audit.to_dict() if spec.audit else None,
     )
-    job.to_clients(trainer, tasks=[C.TASK_TRAIN, C.TASK_VALIDATE, C.TASK_SUBMIT_MODEL, C.TASK_TRAIN_ALONE])
+    site_tasks = [C.TASK_TRAIN, C.TASK_VALIDATE, C.TASK_SUBMIT_MODEL, C.TASK_TRAIN_ALONE, C.TASK_AUDIT]
+    job.to_clients(trainer, tasks=site_tasks)
     job.to_clients({"submit_task_result_timeout": SUBMIT_RESULT_TIMEOUT})  # a variable of the client app config
     # Stream each site's job log to the server, so `consortium logs/status` show a site's own errors.
     if stream_logs:

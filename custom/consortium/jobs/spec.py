@@ -8,7 +8,7 @@ from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
 
 from consortium.config import ConfigError
-from consortium.privacy.settings import DPSGDSettings, DPUpdateSettings
+from consortium.privacy.settings import AuditSettings, DPSGDSettings, DPUpdateSettings
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,9 @@ class JobSpec:
     # a state dict the hospitals trust to start from (e.g. `consortium pretrain`'s public start), instead of a
     # random initial model; relative paths are from the working directory. Shipped in the job, checked by hash.
     pretrained: str | None = None
+    # the job ends with a membership-inference audit at every site (privacy/audit.py); only scores leave a site:
+    # `audit: false`, `audit: true` or `audit: {references: 2, epochs: 2}` (privacy/settings.py AuditSettings)
+    audit: AuditSettings | None = AuditSettings()
 
     def __post_init__(self):
         """Coerce every field to its declared type (YAML gives "1e-3" as a string) and parse the DP and HE
@@ -153,6 +156,14 @@ def _he(value) -> HESettings | None:
     return HESettings.from_dict(value)
 
 
+def _audit(value) -> AuditSettings | None:
+    if isinstance(value, AuditSettings) or value is None:
+        return value
+    if isinstance(value, bool):
+        return AuditSettings() if value else None
+    return AuditSettings.from_dict(value)
+
+
 def _settings(cls):
     def parse(value):
         if value is None or isinstance(value, cls):
@@ -165,6 +176,7 @@ def _settings(cls):
 
 
 _SETTINGS = {"DPSGDSettings | None": _settings(DPSGDSettings), "DPUpdateSettings | None": _settings(DPUpdateSettings)}
+_SETTINGS["AuditSettings | None"] = _audit  # also true / false
 _KINDS = {"int": _whole, "float": float, "str": str, "bool": _flag, "HESettings | None": _he, **_SETTINGS}
 
 

@@ -19,8 +19,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-AUDIT_KEYS = ("n_members", "n_nonmembers", "loss_auc", "loss_tpr_at_1pct_fpr", "calibrated_auc",
-              "calibrated_tpr_at_1pct_fpr", "fpr_floor", "reference_models")  # fmt: skip
+from consortium.constants import AUDIT_KEYS  # what leaves a site: counts and scores
 
 
 def roc_auc(member_scores, nonmember_scores) -> float:

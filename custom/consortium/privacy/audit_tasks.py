@@ -90,3 +90,29 @@ def local_trainer(
         return model.eval()
 
     return train
+
+
+ITEM_LOSS = {"heart": heart_item_loss, "seg2d": seg2d_item_loss}  # task name -> its per-item loss
+
+
+def item_loss_of(task) -> Callable:
+    """The audit's per-item loss of a task module (refused, naming the task, if it has none)."""
+    name = task.__name__.rsplit(".", 1)[-1]
+    if name not in ITEM_LOSS:
+        raise ValueError(f"task {name}: no per-item loss for the membership-inference audit (privacy/audit_tasks.py); "
+                         "add one, or set `audit: false` in the job")  # fmt: skip
+    return ITEM_LOSS[name]
+
+
+def site_patients(dataset, prefix: str, *, one_per_row: bool) -> dict[str, list]:
+    """{patient id: its items} of a site's dataset, without augmentation: one patient per row (heart: the rows,
+    named prefix + index), or the records' `patient_id` (seg2d: each slice's {"image", "label"})."""
+    if one_per_row:
+        return {f"{prefix}{i}": [dataset[i]] for i in range(len(dataset))}
+    records = getattr(dataset, "data", None)
+    if records is None or not all(isinstance(r, dict) and "patient_id" in r for r in records):
+        raise ValueError("the audit needs every sample's patient_id (dataset.data[i]['patient_id'])")
+    out: dict[str, list] = {}
+    for r in records:
+        out.setdefault(str(r["patient_id"]), []).append({"image": r["image"], "label": r["label"]})
+    return out

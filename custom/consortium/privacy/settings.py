@@ -13,6 +13,15 @@ def _read(raw, *, where: str, required: tuple[str, ...], example: str) -> dict[s
     return read_dp_settings(raw, where=where, required=required, example=example)
 
 
+# Opacus's secure_mode (a cryptographically secure generator for its noise) needs torchcsprng
+SECURE_MODE_REFUSED = (
+    "not offered: Opacus's secure_mode needs torchcsprng, whose last release (0.2.1, 2021) ships wheels only "
+    "for CPython 3.6-3.9 built against torch 1.8.1 and no source, so it does not install with Python 3.11 and "
+    "torch 2.13 (docs/privacy.md). The sampling and noise of this project's DP-SGD come from a torch generator "
+    "seeded from the OS (os.urandom), never from the job's seed; remove secure_mode (or set it to false)"
+)
+
+
 @dataclass(frozen=True)
 class DPSGDSettings:
     """A job's DP-SGD request: a target epsilon for the whole job (noise derived) or a fixed noise multiplier."""
@@ -30,6 +39,8 @@ class DPSGDSettings:
         """Parse and validate; errors name `where.<key>` and how to fix it."""
         raw = dict(raw) if isinstance(raw, dict) else raw
         trainable = raw.pop("trainable", "all") if isinstance(raw, dict) else "all"
+        if isinstance(raw, dict) and raw.pop("secure_mode", False) is not False:
+            raise ValueError(f"{where}.secure_mode: {SECURE_MODE_REFUSED}")
         values = _read(raw, where=where, required=("delta", "max_grad_norm"),
                        example="target_epsilon: 8, delta: 1.0e-5, max_grad_norm: 1.0")  # fmt: skip
         if not isinstance(trainable, str) or not trainable:
@@ -79,3 +90,37 @@ class DPUpdateSettings:
                                         steps=rounds)  # fmt: skip
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """The membership-inference audit every job ends with (privacy/audit.py): each site attacks the final
+    global model with its training patients against its validation patients; `references` reference models
+    (complementary pairs; 0: the loss attack alone), each trained `epochs` passes over half the site's patients
+    (with the job's DP-SGD when it has one), calibrate the stronger attack. Job file: `audit: false`,
+    `audit: true` (these defaults) or `audit: {references: 2, epochs: 2}`."""
+
+    references: int = 2
+    epochs: int = 2
+
+    @classmethod
+    def from_dict(cls, raw, where: str = "audit") -> "AuditSettings":
+        example = "audit: {references: 2, epochs: 2}, audit: true or audit: false"
+        if not isinstance(raw, dict):
+            raise ValueError(f"{where}: expected {example}; got {raw!r}")
+        unknown = sorted(set(raw) - {"references", "epochs"})
+        if unknown:
+            raise ValueError(f"{where}.{unknown[0]}: unknown key; allowed: references, epochs")
+        values = {**cls().to_dict(), **raw}
+        for key, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{where}.{key}: expected a whole number, got {value!r}")
+        if values["references"] < 0 or values["references"] % 2:
+            raise ValueError(f"{where}.references: reference models come in complementary pairs: 0, 2, 4, ...; "
+                             f"got {values['references']}")  # fmt: skip
+        if values["epochs"] < 1:
+            raise ValueError(f"{where}.epochs: must be >= 1 (passes of each reference model), got {values['epochs']}")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return {"references": self.references, "epochs": self.epochs}

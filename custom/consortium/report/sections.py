@@ -6,6 +6,7 @@ from consortium import runrecord as R
 from consortium.report.governance import governance_sections
 from consortium.report.page import Section, _section
 from consortium.report.privacy import privacy_section
+from consortium.report.reveals import reveals_section
 from consortium.report.tables import (
     _fmt,
     answer_rows,
@@ -79,6 +80,7 @@ def all_sections(run) -> list[Section]:
         cross_site(run),
         comparison(run),
         privacy_section(run),
+        reveals_section(run),
     ]
     problems = problem_rows(run.history)
     if problems:
