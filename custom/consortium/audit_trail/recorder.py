@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from consortium.audit_trail import chain
 from consortium.audit_trail.digest import DXO_KEY, payload_digest
 
 SENT, RECEIVED = "sent", "received"
+TIMING_MARK = "audit trail: this job process wrote"  # logged at the end of the job (bench/audit_cost.py reads it)
 # event -> (direction, FLContext key of the payload), per side
 SITE_EVENTS = {
     EventType.BEFORE_TASK_DATA_FILTER: (RECEIVED, FLContextKey.TASK_DATA),
@@ -71,20 +73,25 @@ class ExchangeRecorder(FLComponent):
         self._lock = threading.Lock()
         self._rounds: dict[str, int | None] = {}  # task id -> round of its task data
         self._spent: dict[tuple[str, str], dict | None] = {}  # (job, site) -> DP spent it last reported
+        self._records, self._seconds = 0, 0.0  # this process's records and the time it took to write them
 
     def handle_event(self, event_type: str, fl_ctx: FLContext):
         server = isinstance(fl_ctx.get_engine(), ServerEngineSpec)
-        if server and event_type == EventType.END_RUN:
-            from consortium.audit_trail.summary import record_job_exchanges
+        if event_type == EventType.END_RUN:
+            self.log_info(fl_ctx, f"{TIMING_MARK} {self._records} records in {self._seconds:.3f} s")
+            if server:
+                from consortium.audit_trail.summary import record_job_exchanges
 
-            record_job_exchanges(fl_ctx, trail_path(self._root(fl_ctx)), self)
+                record_job_exchanges(fl_ctx, trail_path(self._root(fl_ctx)), self)
             return
         direction, key = (SERVER_EVENTS if server else SITE_EVENTS).get(event_type, (None, None))
         payload = fl_ctx.get_prop(key) if key else None
         if direction is None or not isinstance(payload, dict):
             return
+        start = time.perf_counter()
         try:
             record = self._record(fl_ctx, payload, direction=direction, server=server)
+            self._records, self._seconds = self._records + 1, self._seconds + time.perf_counter() - start
             self.log_debug(fl_ctx, f"audit trail: {direction} {record['task']} seq {record[chain.SEQ]}")
         except Exception as exc:  # fail closed: a payload that cannot be recorded does not go on
             message = f"audit trail: could not record this {direction} payload ({type(exc).__name__}: {exc})"
