@@ -156,11 +156,25 @@ def test_the_payload_digest_is_the_same_after_flares_serialisation():
     assert dp_spent(received) == {"dp_sgd": 1.25} and dp_spent(_model_result(weights)) is None
 
 
-def test_an_encrypted_payload_is_marked_he():
+def test_an_encrypted_payload_is_marked_he_and_its_chunks_hashed_alike_at_both_ends():
+    import os
+
+    from consortium.audit_trail.digest import LEAF_BYTES
     from consortium.he.wire import PAYLOAD_KEY
 
-    dxo = DXO(DataKind.WEIGHTS, data={PAYLOAD_KEY: {"chunks": [b"\x01\x02"], "weight": 3.0}})
-    assert payload_digest(dxo.to_shareable()).he
+    chunks = [os.urandom(LEAF_BYTES + 7), os.urandom(300), os.urandom(2 * LEAF_BYTES)]
+    sent = DXO(DataKind.WEIGHTS, data={PAYLOAD_KEY: {"chunks": chunks, "weight": 3.0}}).to_shareable()
+    digest = payload_digest(sent)
+    assert digest.he and digest.bytes > sum(map(len, chunks))
+    assert payload_digest(sent) == digest  # again, from the server's cache of the same chunk objects
+    received = Shareable.from_bytes(sent.to_bytes())  # new objects, hashed afresh
+    assert payload_digest(received) == digest
+    as_bytearray = [bytearray(c) for c in chunks]
+    assert payload_digest(DXO(DataKind.WEIGHTS, data={PAYLOAD_KEY: {"chunks": as_bytearray, "weight": 3.0}})
+                          .to_shareable()) == digest  # fmt: skip
+    flipped = [chunks[0][:-1] + bytes([chunks[0][-1] ^ 1]), *chunks[1:]]
+    other = DXO(DataKind.WEIGHTS, data={PAYLOAD_KEY: {"chunks": flipped, "weight": 3.0}}).to_shareable()
+    assert payload_digest(other).sha256 != digest.sha256  # one bit of one ciphertext chunk
 
 
 def test_audit_show_prints_a_table_and_verify_names_the_broken_line(tmp_path, capsys):

@@ -4,14 +4,19 @@ The bytes FLARE puts on the wire (FOBS/msgpack, chunked streaming) are not visib
 in framing between sender and receiver, so the hash covers the payload's content instead: every value of the
 Shareable except its headers (task id, return code, cookies, peer context: routing, rewritten on the way).
 The encoding is typed and length-prefixed: dict keys sorted, lists and tuples alike (msgpack turns tuples into
-lists), numpy arrays as dtype + shape + raw bytes (C order), numpy scalars as the Python number they hold.
-`bytes` in a record is the length of this encoding: the model's raw bytes plus a few bytes per value.
+lists), numpy arrays as dtype + shape + raw bytes (C order), numpy scalars as the Python number they hold;
+a `bytes` value of LEAF_BYTES or more (HE ciphertext chunks) enters as its own SHA-256 and length, so the
+server, which sends one broadcast model's very same (immutable) chunk objects to every site, hashes each
+chunk once (a small identity cache that holds the objects it remembers). `bytes` in a record is the
+payload's size: its raw bytes plus a few bytes per value.
 """
 
 from __future__ import annotations
 
 import hashlib
 import struct
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +26,26 @@ from consortium.he.wire import is_encrypted
 
 HEADERS = ReservedHeaderKey.HEADERS
 DXO_KEY, DXO_KIND, DXO_DATA = "DXO", "kind", "data"  # nvflare.apis.dxo's own (private) key names
+LEAF_BYTES = 1 << 16
+_CACHE_SIZE = 256  # leaves remembered (a broadcast model has a few dozen chunks)
+_leaves: OrderedDict[int, tuple[bytes, bytes]] = OrderedDict()  # id -> (the object itself, its SHA-256)
+_leaves_lock = threading.Lock()
+
+
+def _leaf_digest(v: bytes) -> bytes:
+    """SHA-256 of an immutable bytes object, remembered by identity while the cache holds the object (so its id
+    cannot be reused by another object meanwhile)."""
+    with _leaves_lock:
+        hit = _leaves.get(id(v))
+        if hit is not None and hit[0] is v:
+            _leaves.move_to_end(id(v))
+            return hit[1]
+    digest = hashlib.sha256(v).digest()
+    with _leaves_lock:
+        _leaves[id(v)] = (v, digest)
+        while len(_leaves) > _CACHE_SIZE:
+            _leaves.popitem(last=False)
+    return digest
 
 
 @dataclass(frozen=True)
@@ -55,7 +80,13 @@ class _Hasher:
         elif isinstance(v, str):
             self.put(b"s", v.encode("utf-8"))
         elif isinstance(v, (bytes, bytearray, memoryview)):
-            self.put(b"b", memoryview(v).cast("B"))
+            raw = memoryview(v).cast("B")
+            if len(raw) < LEAF_BYTES:
+                self.put(b"b", raw)
+                return
+            leaf = _leaf_digest(v) if isinstance(v, bytes) else hashlib.sha256(raw).digest()
+            self.put(b"L", leaf + struct.pack("<Q", len(raw)))
+            self.size += len(raw) - 40  # the payload's size counts the leaf's own bytes, not its digest
         elif isinstance(v, np.ndarray):
             if v.dtype.hasobject:
                 self.put(b"o", str(list(v.shape)).encode())
