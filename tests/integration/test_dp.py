@@ -59,6 +59,10 @@ def test_epsilon_per_round_and_refusing_site_dropped(tiny_sites, tmp_path):
     assert update_eps == sorted(update_eps) and update_eps[0] > 0
     assert set(history["final"]) == {"site-a", "site-b"}  # validation still runs everywhere
     assert (tmp_path / "runs" / "dp" / "global_model.pt").exists()  # HE: decrypted at the end
+    # the audit attacked the decrypted final model at both sites, its reference models trained with DP-SGD
+    audit = history["audit"]
+    assert set(audit) == {"site-a", "site-b"} and all(m["reference_models"] == 2 for m in audit.values()), audit
+    assert "audit site-a: membership AUC (0.5 = chance)" in proc.stdout
 
 
 def test_job_ends_with_reason_when_too_few_sites_remain(tiny_sites, tmp_path):
