@@ -197,7 +197,7 @@ def test_federated_standardisation_runs_flare_statistics_first(tmp_path):
     server = json.loads((export_job(spec, tmp_path / "a") / "app/config/config_fed_server.json").read_text())
     client = json.loads((tmp_path / "a/heart_fedavg/app/config/config_fed_client.json").read_text())
     paths = [w["path"].rsplit(".", 1)[-1] for w in server["workflows"]]
-    assert paths == ["StatisticsController", "ConsortiumFedAvg", "ConsortiumCrossSiteEval"]
+    assert paths == ["StatisticsController", "ConsortiumFedAvg", "ConsortiumCrossSiteEval", "MembershipAudit"]
     assert (
         server["workflows"][1]["args"]["feature_stats_id"] == WRITER_ID == server["workflows"][0]["args"]["writer_id"]
     )
@@ -210,4 +210,5 @@ def test_federated_standardisation_runs_flare_statistics_first(tmp_path):
             export_job(replace(spec, standardise="none"), tmp_path / "b") / "app/config/config_fed_server.json"
         ).read_text()
     )
-    assert [w["path"].rsplit(".", 1)[-1] for w in raw["workflows"]] == ["ConsortiumFedAvg", "ConsortiumCrossSiteEval"]
+    assert [w["path"].rsplit(".", 1)[-1] for w in raw["workflows"]] == ["ConsortiumFedAvg", "ConsortiumCrossSiteEval",
+                                                                       "MembershipAudit"]  # fmt: skip
