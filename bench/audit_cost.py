@@ -7,9 +7,10 @@ trail, alternating, `--repeats` times each; only the training rounds run (no cro
 alone, fine-tuning or membership audit). Seconds per round are the run record's round times, without round 0
 (process start-up); it prints their median with and without and the difference in %. Whole rounds on a shared
 2-core machine vary by more than 1 %, so it also prints the recorder's own time: each participant's recorder
-logs the records it wrote and the seconds they took (digest, append, fsync) at the end of the job; their sum
-over the server and every site, per round, is an upper bound of what the trail adds to a round (the sites
-record in parallel, and a site's recording is not on the server's path).
+logs the records it wrote and the seconds they took (digest, append, fsync) at the end of the job. Per round:
+their sum over the server and every site (the CPU the trail takes: what it costs when, as here, the sites
+share two cores) and the busiest participant's (about what it adds where every hospital has its own machine:
+the sites record in parallel), both against the quickest run's round.
 """
 
 from __future__ import annotations
@@ -55,17 +56,17 @@ def run_once(args, trail: bool, workspace: Path) -> list[float]:
     return [r["seconds"] for r in rounds if r["round"] > 0]
 
 
-def recorder_seconds(workspace: Path) -> tuple[float, int]:
-    """(seconds, records) the recorders of every participant logged for the run in `workspace`."""
+def recorder_seconds(workspace: Path) -> dict[str, tuple[float, int]]:
+    """participant -> (seconds, records) its recorder logged for the run in `workspace`."""
     from consortium.audit_trail.recorder import TIMING_MARK
 
-    seconds, records = 0.0, 0
+    found = {}
     for log in workspace.glob("*/log.txt"):
         for line in log.read_text(errors="replace").splitlines():
             if TIMING_MARK in line:
                 words = line.split(TIMING_MARK)[1].split()  # "<n> records in <seconds> s"
-                seconds, records = seconds + float(words[3]), records + int(words[0])
-    return seconds, records
+                found[log.parent.name] = (float(words[3]), int(words[0]))
+    return found
 
 
 def main() -> int:
@@ -85,7 +86,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     seconds: dict[bool, list[float]] = {False: [], True: []}
     per_run: dict[bool, list[float]] = {False: [], True: []}
-    recorded: list[tuple[float, int]] = []  # per run with the trail: (recorder seconds per round, records)
+    recorded: list[tuple[float, float, int]] = []  # runs with the trail: (s per round: all, busiest; records)
     for i in range(args.repeats):
         for trail in (False, True) if i % 2 == 0 else (True, False):  # alternate, so drift hits both alike
             workspace = out / f"ws_{'on' if trail else 'off'}"
@@ -94,13 +95,16 @@ def main() -> int:
             per_run[trail].append(statistics.median(rounds))
             note = ""
             if trail:
-                secs, n = recorder_seconds(workspace)
-                recorded.append((secs / args.rounds, n))
-                note = f"; recorders: {n} records in {secs:.3f} s"
+                found = recorder_seconds(workspace)
+                secs, n = sum(t for t, _ in found.values()), sum(k for _, k in found.values())
+                recorded.append((secs / args.rounds, max(t for t, _ in found.values()) / args.rounds, n))
+                note = f"; recorders: {n} records in {secs:.3f} s (" + ", ".join(
+                    f"{p} {t:.3f} s" for p, (t, _) in sorted(found.items())) + ")"  # fmt: skip
             print(f"repeat {i + 1}, trail {'on ' if trail else 'off'}: {statistics.median(rounds):.2f} s per round "
                   f"(rounds {', '.join(f'{s:.2f}' for s in rounds)}){note}", flush=True)  # fmt: skip
     off, on = statistics.median(seconds[False]), statistics.median(seconds[True])
-    work = statistics.median(w for w, _ in recorded)
+    work = statistics.median(w for w, _, _ in recorded)
+    largest = statistics.median(w for _, w, _ in recorded)
     print(f"\njob {args.job}, {len(args.sites.split(','))} sites, rounds 1..{args.rounds - 1} of {args.rounds}, "
           f"{args.repeats} runs each (simulator, {os.cpu_count()} cores)\n")  # fmt: skip
     print("| | seconds per round (median) | medians of the runs |")
@@ -109,8 +113,10 @@ def main() -> int:
         runs = ", ".join(f"{s:.2f}" for s in per_run[trail])
         print(f"| trail {'on' if trail else 'off'} | {on if trail else off:.3f} | {runs} |")
     print(f"| difference | {100 * (on - off) / off:+.1f} % | |")
-    print(f"| recorders' own time, all participants | {work:.4f} s per round = {100 * work / off:.2f} % of a round "
-          f"| {recorded[0][1] // args.rounds} records per round |")  # fmt: skip
+    quiet = min(min(per_run[False]), min(per_run[True]))  # the least loaded run's round
+    print(f"| recorders' own time, all participants | {work:.4f} s per round = {100 * work / quiet:.2f} % of the "
+          f"quickest run's round ({quiet:.2f} s) | {recorded[0][2] // args.rounds} records per round |")  # fmt: skip
+    print(f"| the busiest participant's recorder | {largest:.4f} s per round = {100 * largest / quiet:.2f} % | |")
     return 0
 
 
