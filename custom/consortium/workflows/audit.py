@@ -42,7 +42,8 @@ class MembershipAudit(ModelController):
         present = history.get(R.PRESENT) or [c.name for c in self.engine.get_clients()]
         self.info(f"[progress] membership-inference audit of the final global model at {', '.join(present)}")
         results = self.send_model_and_wait(task_name=C.TASK_AUDIT, data=model, targets=present, timeout=self.timeout)
-        audit = {site: {C.METRIC_AUDIT_ERROR: f"no audit result within {self.timeout} s"} for site in present}
+        missing = f"no audit result: the site's task failed or it did not answer within {self.timeout} s (its log)"
+        audit = {site: {C.METRIC_AUDIT_ERROR: missing} for site in present}
         for res in results:
             audit[(res.meta or {}).get("client_name", "?")] = dict(res.metrics or {})
         history = read_history(run_dir)  # cross-site evaluation may have written it since
