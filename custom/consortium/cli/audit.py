@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 from consortium import constants as C
 from consortium.argtypes import positive_int
+from consortium.cli.common import BROKEN_PIPE
 
 COLUMNS = ("line", "seq", "time", "job", "round", "task", "direction", "peer", "kind", "bytes", "sha256", "he",
            "dp epsilon")  # fmt: skip
@@ -86,7 +88,11 @@ def cmd_show(args) -> int:
             record = {}
         if isinstance(record, dict) and (not args.job or record.get("job") == args.job):
             rows.append(_row(n, record))
-    print(table(rows[-args.last :] if args.last else rows))
+    try:
+        print(table(rows[-args.last :] if args.last else rows), flush=True)
+    except BrokenPipeError:  # `| head` stopped reading: leave quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE
     status = f"BROKEN at {verdict.problem}; records from that line on are not trustworthy" if verdict.problem else (
         f"chain intact, head {verdict.head}")  # fmt: skip
     print(f"{trail}: {len(lines)} records; {status}")
