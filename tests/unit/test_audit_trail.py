@@ -156,6 +156,14 @@ def test_the_payload_digest_is_the_same_after_flares_serialisation():
     assert dp_spent(received) == {"dp_sgd": 1.25} and dp_spent(_model_result(weights)) is None
 
 
+def test_sets_and_other_values_flare_sends_hash_alike_after_fobs():
+    import datetime
+
+    payload = Shareable({"tags": {"b", "a", "c"}, "when": datetime.datetime(2026, 12, 4, 1, 2, 3)})
+    assert payload_digest(Shareable.from_bytes(payload.to_bytes())) == payload_digest(payload)
+    assert payload_digest(Shareable({"tags": {"a", "b"}})) != payload_digest(Shareable({"tags": {"a", "c"}}))
+
+
 def test_an_encrypted_payload_is_marked_he_and_its_chunks_hashed_alike_at_both_ends():
     import os
 

@@ -4,7 +4,8 @@ The bytes FLARE puts on the wire (FOBS/msgpack, chunked streaming) are not visib
 in framing between sender and receiver, so the hash covers the payload's content instead: every value of the
 Shareable except its headers (task id, return code, cookies, peer context: routing, rewritten on the way).
 The encoding is typed and length-prefixed: dict keys sorted, lists and tuples alike (msgpack turns tuples into
-lists), numpy arrays as dtype + shape + raw bytes (C order), numpy scalars as the Python number they hold;
+lists), numpy arrays as dtype + shape + raw bytes (C order), numpy scalars as the Python number they hold,
+sets by their sorted parts, any other value FLARE can send by its FOBS bytes;
 a `bytes` value of LEAF_BYTES or more (HE ciphertext chunks) enters as its own SHA-256 and length, so the
 server, which sends one broadcast model's very same (immutable) chunk objects to every site, hashes each
 chunk once (a small identity cache that holds the objects it remembers). `bytes` in a record is the
@@ -105,10 +106,22 @@ class _Hasher:
             self.put(b"[", struct.pack("<Q", len(v)))
             for x in v:
                 self.value(x)
+        elif isinstance(v, (set, frozenset)):  # iteration order differs between processes: sort the parts
+            parts = sorted(_part(x) for x in v)
+            self.put(b"(", struct.pack("<Q", len(parts)) + b"".join(parts))
         elif hasattr(v, "numpy") and hasattr(v, "detach"):  # a torch tensor
             self.value(v.detach().cpu().numpy())
-        else:
-            raise TypeError(f"audit trail: cannot hash a payload value of type {type(v).__name__}")
+        else:  # anything else FLARE can send (its own decomposers): its FOBS bytes, as they go on the wire
+            from nvflare.fuel.utils import fobs
+
+            self.put(b"x", f"{type(v).__module__}.{type(v).__qualname__}".encode())
+            self.put(b"b", fobs.dumps(v))
+
+
+def _part(v) -> bytes:
+    part = _Hasher()
+    part.value(v)
+    return part.h.digest()
 
 
 def payload_digest(shareable: dict) -> Digest:
