@@ -44,6 +44,11 @@ META_FEATURE_STATS = "feature_stats"
 # train: the job ids of one logical run, first to current (a resumed job continues its predecessors); sites
 # continue their privacy accounting from the ledger of the latest earlier job in the chain
 META_RUN_CHAIN = "run_chain"
+# Server-optimizer jobs (server_optimizer: FedAdam, FedYogi, FedAdagrad, stepped at the sites; server_opt.py):
+META_AGGREGATE_ROUND = "aggregate_of_round"  # train task: its params are the sites' averaged update of this round
+META_FINAL_STEP = "final_server_step"  # train task: apply the last step and send the global model; no training
+META_PSEUDO_GRADIENT = "pseudo_gradient"  # train result: its params are w_i - w_t, not a model
+METRIC_MODEL_SHA = "global_model_sha256"  # train result: fingerprint of the global model the site holds
 
 # Shareable header carrying a site's error text to the server when a task fails there.
 HEADER_SITE_ERROR = "consortium_site_error"
@@ -67,6 +72,7 @@ PRIVACY_LEDGER_FOLDER = "consortium_privacy"  # <site workspace>/consortium_priv
 TRAIL_FOLDER = "consortium_trail"
 TRAIL_FILE = "exchanges.jsonl"
 TRAIL_COMPONENT_ID = "consortium_exchange_trail"  # its component id in a participant's local/privacy.json
+SERVER_OPT_FOLDER = "consortium_server_opt"  # <site workspace>/consortium_server_opt/<job id>.npz: (w_t, m, v)
 METRICS_FILE = "metrics.json"
 CHECKPOINT_FILE = "checkpoint.pt"  # the server's last complete round (model, ciphertext under HE): resume point
 ENCRYPTED_MODEL_FILE = "global_model.encrypted.pt"  # HE jobs: the server's ciphertext checkpoint

@@ -47,6 +47,7 @@ class Meta:
     LOCAL_EPOCHS = "local_epochs"
     LR = "lr"
     SERVER_MOMENTUM = "server_momentum"
+    SERVER_OPTIMIZER = "server_optimizer"  # {name, lr, beta1, beta2, tau}: FedAdam/FedYogi/FedAdagrad (server_opt.py)
     STANDARDISE = "standardise"
     DP_SGD = "dp_sgd"  # the job's DP-SGD settings (training at the site)
     DP_UPDATE = "dp_update"  # the job's Gaussian noise on each site's update (filters/dp.py)
@@ -128,6 +129,7 @@ class RunMeta(TypedDict, total=False):
     local_epochs: int
     lr: float
     server_momentum: float
+    server_optimizer: dict[str, Any]
     standardise: str
     dp_sgd: dict[str, Any]
     dp_update: dict[str, Any]

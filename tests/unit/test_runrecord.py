@@ -23,8 +23,9 @@ def test_key_constants_and_typed_shapes_agree(namespace, shape):
 
 
 def test_top_level_keys_agree():
-    top = {getattr(R, k) for k in ("VERSION", "TASK", "NUM_ROUNDS", "META", "ROUNDS", "FINAL", "ALONE", "CROSS_SITE",
-                                   "PRESENT", "REFUSED", "ERRORS", "STOPPED", "RESUMED", "WALL_SECONDS", "EXCHANGES", "AUDIT")}  # fmt: skip
+    names = ("VERSION", "TASK", "NUM_ROUNDS", "META", "ROUNDS", "FINAL", "ALONE", "CROSS_SITE", "PRESENT",
+             "REFUSED", "ERRORS", "STOPPED", "RESUMED", "WALL_SECONDS", "EXCHANGES", "AUDIT")  # fmt: skip
+    top = {getattr(R, k) for k in names}
     assert top == set(typing.get_type_hints(R.RunRecord))
     assert set(R.DP_EPSILON) == set(R.DP_SETTINGS) <= _constants(R.Meta)
 

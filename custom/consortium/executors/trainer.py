@@ -21,9 +21,11 @@ from consortium import constants as C
 from consortium.algorithms import WEIGHTINGS, FedProx, Scaffold, ServerMomentum, split_controls, with_controls
 from consortium.config import load_site_config
 from consortium.executors.audit import audit_task
+from consortium.executors.server_step import SiteServerStep
 from consortium.executors.site_models import SiteModels
 from consortium.executors.training import Site, local_training
 from consortium.jobs.spec import JOB_DEFAULTS
+from consortium.privacy import ledger
 from consortium.privacy.budget import BudgetRefused
 from consortium.tasks import get_task, load_numpy_state, round_lr, state_to_numpy
 
@@ -74,6 +76,7 @@ class SiteTrainer(SiteModels, Executor):
         local_steps: int | None = JOB_DEFAULTS["local_steps"],
         dp_sgd: dict | None = None,  # build_job's DPSGDSettings.to_dict(); None: no DP-SGD
         server_momentum: float = JOB_DEFAULTS["server_momentum"],
+        server_optimizer: dict | None = None,  # build_job's ServerOptSettings.to_dict(); None: plain average
         audit: dict | None = JOB_DEFAULTS["audit"],  # build_job's AuditSettings.to_dict(); None: no audit
     ):
         super().__init__()
@@ -84,6 +87,8 @@ class SiteTrainer(SiteModels, Executor):
         self.local_steps, self.dp_sgd, self.server_momentum = local_steps, dp_sgd, float(server_momentum)
         self._scaffold = Scaffold() if algorithm == "scaffold" else None
         self._momentum = ServerMomentum(self.server_momentum) if self.server_momentum > 0 else None
+        self.server_optimizer = server_optimizer  # FedAdam/FedYogi/FedAdagrad: stepped here (executors/server_step.py)
+        self._server_step = SiteServerStep(server_optimizer) if server_optimizer else None
         # the audit task (executors/audit.py): attack the final model, send only scores (plain data for FLARE)
         self.audit = audit.to_dict() if hasattr(audit, "to_dict") else audit
         # plain or DP-SGD, chosen once; the site's own privacy floor (site config `privacy:`) decides whether the
@@ -163,6 +168,12 @@ class SiteTrainer(SiteModels, Executor):
         incoming = FLModelUtils.from_shareable(shareable)
         weights, controls = split_controls(incoming.params)
         round_number = incoming.current_round or 0
+        if self._server_step is not None:  # the received aggregate -> this round's global model, as at every site
+            weights = self._server_step.global_model(
+                incoming, weights, root=ledger.site_root(fl_ctx), job_id=fl_ctx.get_job_id()
+            )
+            if self._server_step.final(incoming):  # the job's last step: send the global model, no training
+                return FLModelUtils.to_shareable(self._server_step.final_reply(weights, self.training.report()))
         self.training.begin_round(self.site, incoming, fl_ctx)  # refuses what the site's floor forbids
         load_numpy_state(self.model, weights)
         if self._momentum is not None and not self._momentum.receive(round_number, weights):
@@ -207,6 +218,9 @@ class SiteTrainer(SiteModels, Executor):
         )
         # what leaves: the local model (plus FedAvgM's term beta * (w_t - w_{t-1}) if the job has server momentum)
         params = self._momentum.outgoing(self.local_params) if self._momentum is not None else self.local_params
+        if self._server_step is not None:  # a server-optimizer job sends w_i - w_t and its w_t's fingerprint
+            params = self._server_step.outgoing(params)
+            metrics.update(self._server_step.report())
         if self._scaffold is not None:  # c_i travels with the weights: averaged (and encrypted) like them
             params = with_controls(params, self._scaffold.end_round(self.model))
         out = FLModel(
@@ -216,6 +230,7 @@ class SiteTrainer(SiteModels, Executor):
             # the aggregation weight (FLARE's convention: NUM_STEPS_CURRENT_ROUND); HE sites encrypt weight x model
             meta={
                 FLMetaKey.NUM_STEPS_CURRENT_ROUND: self._weight(result.steps),
+                **({C.META_PSEUDO_GRADIENT: True} if self._server_step is not None else {}),
                 **self.training.report(),  # the site's PrivacyGuard (local/privacy.json) checks these
             },
         )

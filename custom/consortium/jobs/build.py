@@ -52,6 +52,7 @@ def build_job(spec: JobSpec, *, stream_logs: bool = True, resume_from: str = "")
         aggregator=HESumAggregator() if spec.he is not None else WeightedAverage(),
         task_check_period=TASK_CHECK_PERIOD,
         algorithm=spec.algorithm,
+        server_optimizer=spec.server_optimizer.name if spec.server_optimizer else "",
         fedprox_mu=spec.prox_mu if spec.algorithm == "fedprox" and spec.prox_mu > 0 else None,
         finetune_epochs=spec.finetune_epochs,
         train_alone=spec.alone,
@@ -65,6 +66,7 @@ def build_job(spec: JobSpec, *, stream_logs: bool = True, resume_from: str = "")
             "local_epochs": spec.local_epochs,
             "lr": spec.lr,
             **({"server_momentum": spec.server_momentum} if spec.server_momentum else {}),
+            **({"server_optimizer": spec.server_optimizer.to_dict()} if spec.server_optimizer else {}),
             **({"standardise": spec.standardise} if spec.standardise != "none" else {}),
             **({"dp_sgd": spec.dp_sgd.to_dict()} if spec.dp_sgd else {}),
             **({"dp_update": spec.dp_update.to_dict()} if spec.dp_update else {}),
@@ -117,6 +119,7 @@ def build_job(spec: JobSpec, *, stream_logs: bool = True, resume_from: str = "")
         weighting=spec.weighting,
         dp_sgd=spec.dp_sgd.to_dict() if spec.dp_sgd else None,
         server_momentum=spec.server_momentum,
+        server_optimizer=spec.server_optimizer.to_dict() if spec.server_optimizer else None,
         standardise=spec.standardise,
         audit=spec.audit.to_dict() if spec.audit else None,
     )

@@ -46,6 +46,8 @@ def validate(spec, source: Path) -> None:
         ),
     ])  # fmt: skip
     _validate_dp(spec, source)
+    if spec.server_optimizer is not None:
+        _validate_server_optimizer(spec, source)
     if spec.pretrained is not None:
         _validate_pretrained(spec, source)
 
@@ -112,5 +114,31 @@ def _validate_dp(spec, source: Path) -> None:
             "finetune_epochs",
             f"must be 0 with {dp}: fine-tuning is not differentially private and its model leaves the site "
             "for cross-site evaluation",
+        ),
+    ])  # fmt: skip
+
+
+def _validate_server_optimizer(spec, source: Path) -> None:
+    """FedAdam/FedYogi/FedAdagrad step at the sites from w_t and the sites' averaged w_i - w_t: refuse what
+    would change what the sites send or average (server_opt.py, docs/encryption.md)."""
+    name = spec.server_optimizer.name
+    _refuse_failed(source, [
+        (
+            spec.server_momentum == 0,
+            "server_momentum",
+            f"must be 0 with server_optimizer ({name} has its own momentum, beta1); remove one of them",
+        ),
+        (
+            spec.dp_update is None,
+            "dp_update",
+            "cannot be combined with server_optimizer: the update filter clips and noises a model relative to the "
+            "global model it received, and here the sites receive the averaged update, not a model; use dp_sgd, "
+            "with which the server step is post-processing",
+        ),
+        (
+            spec.algorithm != "scaffold",
+            "algorithm",
+            "scaffold cannot be combined with server_optimizer: SCAFFOLD's control variates are averaged as "
+            f"models and its server step is the plain average; {name} would step them too. Use fedavg or fedprox",
         ),
     ])  # fmt: skip

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from consortium.config import ConfigError
 from consortium.privacy.settings import AuditSettings, DPSGDSettings, DPUpdateSettings
+from consortium.server_opt import ServerOptSettings
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,9 @@ class JobSpec:
     finetune_epochs: int = 0  # after training, each site fine-tunes the global model locally (personalization)
     weighting: str = "steps"  # a site's aggregation weight: its local steps (FedAvg), "uniform" or "samples"
     server_momentum: float = 0.0  # FedAvgM's beta, applied at the sites (algorithms.ServerMomentum); 0: none
+    # FedAdam / FedYogi / FedAdagrad (Reddi et al. 2021), stepped at every site on the same aggregate (server_opt.py):
+    # {name: adam | yogi | adagrad, lr, beta1: 0.9, beta2: 0.99, tau: 0.001}; None: the plain average (FedAvg)
+    server_optimizer: ServerOptSettings | None = None
     cross_site: bool = True  # end with FLARE's cross-site evaluation: every model on every site's data
     # after training each site also trains the initial model alone (same epochs and schedule); cross-site
     # evaluation then scores the shared model against each site's own: "better than training alone?"
@@ -175,7 +179,11 @@ def _settings(cls):
     return parse
 
 
-_SETTINGS = {"DPSGDSettings | None": _settings(DPSGDSettings), "DPUpdateSettings | None": _settings(DPUpdateSettings)}
+_SETTINGS = {
+    "DPSGDSettings | None": _settings(DPSGDSettings),
+    "DPUpdateSettings | None": _settings(DPUpdateSettings),
+    "ServerOptSettings | None": _settings(ServerOptSettings),
+}
 _SETTINGS["AuditSettings | None"] = _audit  # also true / false
 _KINDS = {"int": _whole, "float": float, "str": str, "bool": _flag, "HESettings | None": _he, **_SETTINGS}
 

@@ -72,6 +72,11 @@ def metadata_rows(run) -> list[list[str]]:
         ["sites", ", ".join(run.sites)],
         ["rounds", f"{len(run.rounds)} of {history.get(R.NUM_ROUNDS, meta.get(R.Meta.ROUNDS, '?'))}"],
         ["algorithm", str(meta.get(R.Meta.ALGORITHM, "fedavg"))],
+        *(
+            [["server optimizer", _server_optimizer(meta[R.Meta.SERVER_OPTIMIZER])]]
+            if meta.get(R.Meta.SERVER_OPTIMIZER)
+            else []
+        ),
         ["encrypted aggregation (HE)", he],
         ["differential privacy", dp_line(meta)],
     ]
@@ -81,6 +86,12 @@ def metadata_rows(run) -> list[list[str]]:
     if history.get(R.WALL_SECONDS):
         rows.append(["wall time", f"{history[R.WALL_SECONDS]:.0f} s"])
     return rows
+
+
+def _server_optimizer(settings: dict) -> str:
+    """`adam (lr 0.01, beta1 0.9, beta2 0.99, tau 0.001), stepped at every site`."""
+    shown = ", ".join(f"{k} {v:g}" for k, v in settings.items() if k != "name")
+    return f"{settings.get('name', '?')} ({shown}), stepped at every site"
 
 
 def availability_sections(history: R.RunRecord) -> list[Section]:

@@ -12,7 +12,8 @@ from consortium.algorithms import split_controls
 from consortium.he.wire import is_encrypted
 
 # settings a resumed job must share with the job it continues (else it is another experiment)
-SAME_SETTINGS = ("task", "algorithm", "rounds", "he", "local_epochs", "lr", "dp_sgd", "dp_update", "server_momentum")
+SAME_SETTINGS = ("task", "algorithm", "rounds", "he", "local_epochs", "lr", "dp_sgd", "dp_update", "server_momentum",
+                 "server_optimizer")  # fmt: skip
 
 
 class ResumeError(RuntimeError):

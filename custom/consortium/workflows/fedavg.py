@@ -22,12 +22,13 @@ from consortium.workflows import checkpoint
 from consortium.workflows.ending import JobEnd
 from consortium.workflows.results import SiteResults
 from consortium.workflows.rounds import Attendance, RoundOutcome, too_few
+from consortium.workflows.server_step import ServerStep
 
 # seconds a site may take to start its job process and load its data before it takes the job's first task
 START_GRACE = 300
 
 
-class ConsortiumFedAvg(SiteResults, JobEnd, FedAvg):
+class ConsortiumFedAvg(ServerStep, SiteResults, JobEnd, FedAvg):
     """FedAvg (ModelController) whose rounds end when every present site has answered or after
     `round_timeout` seconds, whichever comes first. Sites that fail, time out or send an unusable update are
     dropped from that round (reason recorded); the round aggregates the rest with their own weights, and the
@@ -48,6 +49,7 @@ class ConsortiumFedAvg(SiteResults, JobEnd, FedAvg):
         feature_stats_id: str = "",
         pretrained: str = "",
         pretrained_sha256: str = "",
+        server_optimizer: str = "",
         **kwargs,
     ):
         kwargs.setdefault("persistor_id", "")
@@ -67,6 +69,7 @@ class ConsortiumFedAvg(SiteResults, JobEnd, FedAvg):
         self.resume_from = resume_from
         self.feature_stats_id = feature_stats_id  # writer of the job's federated statistics (standardise: federated)
         self.pretrained, self.pretrained_sha256 = pretrained, pretrained_sha256  # a file of the job's app config
+        self.server_optimizer = server_optimizer  # adam | yogi | adagrad: stepped at the sites (server_step.py)
         meta = {**self.run_info, "task": task, "algorithm": algorithm, "rounds": self.num_rounds}
         meta.update(metric=getattr(get_task(task), "METRIC_NAME", "score"), round_timeout=self.round_timeout)
         self._history: dict = {"task": task, "num_rounds": self.num_rounds, "meta": meta, "rounds": [], "final": {}}
@@ -135,9 +138,16 @@ class ConsortiumFedAvg(SiteResults, JobEnd, FedAvg):
                 return self._end(reason)
             model = self.update_model(model, self._get_aggregated_result())
             self._global = model
-            self.save_model(model)
+            if self.server_optimizer:  # the sites' averaged w_i - w_t, not a model: the next task, not a file
+                self._mark_aggregate(model, self.current_round)
+            else:
+                self.save_model(model)
             checkpoint.save(self.get_run_dir(), params=model.params, round_number=self.current_round)
             self._write_history()
+        if self.server_optimizer and self._global is not None and not self.abort_signal.triggered:
+            self._global = self._final_server_step(model)  # every site's w_T: the global model
+            if self._global is not None:
+                self.save_model(self._global)
         if self.final_validation and self._global is not None and not self.abort_signal.triggered:
             self._final_validation()
         if self.train_alone and self._global is not None and not self.abort_signal.triggered:
@@ -151,7 +161,10 @@ class ConsortiumFedAvg(SiteResults, JobEnd, FedAvg):
         state = checkpoint.load(self.engine.get_workspace(), self.resume_from)
         self._history = checkpoint.continued_history(state["history"], self._history, self._job_id())
         self.info(f"[progress] resuming job {self.resume_from} after its round {state['round'] + 1}/{self.num_rounds}")
-        return FLModel(params=state["params"], params_type=ParamsType.FULL), state["round"] + 1
+        model = FLModel(params=state["params"], params_type=ParamsType.FULL)
+        if self.server_optimizer:  # the checkpoint holds the aggregate of its last round
+            self._mark_aggregate(model, state["round"])
+        return model, state["round"] + 1
 
     def _round_meta(self, model: FLModel, stats: dict | None = None) -> None:
         """What travels with every round's model besides the weights: the run chain, FedProx's mu (FLARE's
