@@ -28,6 +28,7 @@ from consortium.config.site import (
     AuthorizationConfig,
     ConfigError,
     DataConfig,
+    PrivacyBudget,
     PrivacyConfig,
     ResourceConfig,
     SiteConfig,
@@ -73,9 +74,13 @@ def parse_site_config(raw: dict, source: Path) -> SiteConfig:
         "authorization",
         {"submit_roles": _roles, "allow_custom_code": _bool},
     )
+    privacy_raw = dict(raw.get("privacy") or {}) if isinstance(raw.get("privacy"), dict) else raw.get("privacy")
+    if isinstance(privacy_raw, dict) and privacy_raw.get("budget") is not None:  # the site's total across jobs
+        budget_fields = {"epsilon": lambda v: _finite(_positive(float)(v)), "delta": _open_fraction}
+        privacy_raw["budget"] = _build(PrivacyBudget, privacy_raw["budget"], source, "privacy.budget", budget_fields)
     privacy = _build(
         PrivacyConfig,
-        raw.get("privacy") or {},
+        privacy_raw or {},
         source,
         "privacy",
         {

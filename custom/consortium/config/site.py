@@ -49,6 +49,15 @@ class AuthorizationConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyBudget:
+    """The site's total (epsilon, delta) across all jobs, composed by the ledger in its workspace (docs/privacy.md:
+    Budgets across jobs): a job whose planned spend exceeds what is left is refused before it trains."""
+
+    epsilon: float
+    delta: float
+
+
+@dataclass(frozen=True)
 class PrivacyConfig:
     """The site's privacy floor, enforced at the site (executor and the kit's local/privacy.json scope)."""
 
@@ -57,6 +66,7 @@ class PrivacyConfig:
     delta: float = 1e-5  # jobs must use this delta or a smaller one
     min_noise_multiplier: float = 0.0  # refuse DP-SGD with less noise than this
     max_clip_norm: float | None = None  # refuse DP-SGD with a larger per-sample clipping bound (None: no cap)
+    budget: PrivacyBudget | None = None  # total over all jobs at this site (None: no cross-job cap)
 
 
 @dataclass(frozen=True)
