@@ -74,6 +74,7 @@ class Round:
     DROPPED = "dropped"  # site -> why
     NOT_AWAITED = "not_awaited"
     AGGREGATED = "aggregated"
+    SERVER_RSS_MB = "server_rss_mb"  # the server job process's resident memory after the round (workflows/memory.py)
 
 
 class Site:
@@ -154,6 +155,7 @@ class RoundEntry(TypedDict, total=False):
     dropped: dict[str, str]
     not_awaited: list[str]
     aggregated: bool
+    server_rss_mb: float
 
 
 class CrossSiteMatrix(TypedDict):

@@ -30,6 +30,7 @@ def test_fedadam_under_he_keeps_every_site_on_one_global_model(small_sites, tmp_
         held = {m[C.METRIC_MODEL_SHA] for m in r["sites"].values()}
         assert len(held) == 1, (r["round"], held)  # both sites stepped the same aggregate to the same model
         prints.append(held.pop())
+        assert r["server_rss_mb"] > 50  # the server job process's memory after the round (workflows/memory.py)
     assert len(set(prints)) == 3  # and the model moved every round
     final = [line for line in proc.stdout.splitlines() if "server optimizer: the last step applied" in line]
     assert final and "site-a, site-b" in final[0] and prints[-1] not in final[0]  # the last step too

@@ -20,6 +20,7 @@ from consortium.algorithms import with_controls, zero_controls
 from consortium.tasks import get_task, state_to_numpy
 from consortium.workflows import checkpoint
 from consortium.workflows.ending import JobEnd
+from consortium.workflows.memory import MemoryProbe
 from consortium.workflows.results import SiteResults
 from consortium.workflows.rounds import Attendance, RoundOutcome, too_few
 from consortium.workflows.server_step import ServerStep
@@ -76,6 +77,7 @@ class ConsortiumFedAvg(ServerStep, SiteResults, JobEnd, FedAvg):
         self._round_sites: dict = {}
         self._attendance = Attendance()
         self._outcome: RoundOutcome | None = None
+        self._memory: MemoryProbe | None = None  # server RSS per round, tracemalloc on request (memory.py)
         self._round_task = None
         self._global: FLModel | None = None
 
@@ -108,6 +110,7 @@ class ConsortiumFedAvg(ServerStep, SiteResults, JobEnd, FedAvg):
     # -- the rounds -------------------------------------------------------------------------------------
     def run(self) -> None:
         self.fl_ctx.set_prop(AppConstants.NUM_ROUNDS, self.num_rounds, private=True, sticky=False)
+        self._memory = MemoryProbe()  # in the server's job process, not where the job is built
         try:
             model, start = self._initial_model()
         except checkpoint.ResumeError as exc:
@@ -143,6 +146,7 @@ class ConsortiumFedAvg(ServerStep, SiteResults, JobEnd, FedAvg):
             else:
                 self.save_model(model)
             checkpoint.save(self.get_run_dir(), params=model.params, round_number=self.current_round)
+            self._history["rounds"][-1].update(self._memory.sample(self.current_round, self.get_run_dir()))
             self._write_history()
         if self.server_optimizer and self._global is not None and not self.abort_signal.triggered:
             self._global = self._final_server_step(model)  # every site's w_T: the global model
