@@ -28,6 +28,7 @@ from nvflare.apis.fl_component import FLComponent
 from nvflare.apis.fl_constant import FLContextKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.server_engine_spec import ServerEngineSpec
+from nvflare.apis.shareable import Shareable
 from nvflare.app_common.app_constant import AppConstants
 
 from consortium import constants as C
@@ -86,12 +87,13 @@ class ExchangeRecorder(FLComponent):
             return
         direction, key = (SERVER_EVENTS if server else SITE_EVENTS).get(event_type, (None, None))
         payload = fl_ctx.get_prop(key) if key else None
-        if direction is None or not isinstance(payload, dict):
+        if direction is None or not isinstance(payload, Shareable):
             return
         start = time.perf_counter()
         try:
             record = self._record(fl_ctx, payload, direction=direction, server=server)
-            self._records, self._seconds = self._records + 1, self._seconds + time.perf_counter() - start
+            with self._lock:
+                self._records, self._seconds = self._records + 1, self._seconds + time.perf_counter() - start
             self.log_debug(fl_ctx, f"audit trail: {direction} {record['task']} seq {record[chain.SEQ]}")
         except Exception as exc:  # fail closed: a payload that cannot be recorded does not go on
             message = f"audit trail: could not record this {direction} payload ({type(exc).__name__}: {exc})"
