@@ -5,7 +5,21 @@ from __future__ import annotations
 import argparse
 import sys
 
-from consortium.cli import admin, audit, data, deploy, distributed, jobs, netlab, pretrain, report, results, run, submit
+from consortium.cli import (
+    admin,
+    audit,
+    data,
+    deploy,
+    distributed,
+    jobs,
+    netlab,
+    pretrain,
+    privacy,
+    report,
+    results,
+    run,
+    submit,
+)
 from consortium.config import ConfigError
 
 DEFAULT_SITE_CONFIGS = "site_configs"
@@ -35,6 +49,7 @@ COMMANDS = (
     netlab.add_netlab,
     distributed.add_distributed,
     audit.add_audit,
+    privacy.add_privacy,
 )
 
 

@@ -22,11 +22,13 @@ from consortium.algorithms import WEIGHTINGS, FedProx, Scaffold, ServerMomentum,
 from consortium.config import load_site_config
 from consortium.executors.audit import audit_task
 from consortium.executors.server_step import SiteServerStep
+from consortium.executors.site_budget import JobBudget
 from consortium.executors.site_models import SiteModels
 from consortium.executors.training import Site, local_training
 from consortium.jobs.spec import JOB_DEFAULTS
 from consortium.privacy import ledger
 from consortium.privacy.budget import BudgetRefused
+from consortium.privacy.settings import DPSGDSettings, DPUpdateSettings
 from consortium.tasks import get_task, load_numpy_state, round_lr, state_to_numpy
 
 
@@ -75,6 +77,7 @@ class SiteTrainer(SiteModels, Executor):
         weighting: str = JOB_DEFAULTS["weighting"],
         local_steps: int | None = JOB_DEFAULTS["local_steps"],
         dp_sgd: dict | None = None,  # build_job's DPSGDSettings.to_dict(); None: no DP-SGD
+        dp_update: dict | None = None,  # the job's DPUpdateSettings.to_dict() (its filter's plan); None: none
         server_momentum: float = JOB_DEFAULTS["server_momentum"],
         server_optimizer: dict | None = None,  # build_job's ServerOptSettings.to_dict(); None: plain average
         audit: dict | None = JOB_DEFAULTS["audit"],  # build_job's AuditSettings.to_dict(); None: no audit
@@ -94,7 +97,19 @@ class SiteTrainer(SiteModels, Executor):
         # plain or DP-SGD, chosen once; the site's own privacy floor (site config `privacy:`) decides whether the
         # job's DP-SGD request is good enough
         self.training = local_training(dp_sgd)
+        # the site's budget across jobs (site config privacy.budget): the job's plan is admitted before its data
+        # are read; every round's spending goes into the site's ledger before the update leaves
+        self.dp_update = dp_update
+        self.budget = JobBudget(DPSGDSettings.from_dict(dp_sgd) if dp_sgd is not None else None,
+                                DPUpdateSettings.from_dict(dp_update) if dp_update is not None else None)  # fmt: skip
+        self._refusal = ""  # this site refused the job: it trains nothing more in it
         self._ready = False
+
+    def _admit(self, fl_ctx: FLContext, shareable: Shareable) -> None:
+        """Before any data are read: the site's budget across jobs admits the job's planned spend, or refuses."""
+        site_cfg = load_site_config(fl_ctx.get_identity_name(), site_config_dir(fl_ctx))
+        self.budget.admit(site_cfg, FLModelUtils.from_shareable(shareable), fl_ctx,
+                          log=lambda message: self.log_info(fl_ctx, message))  # fmt: skip
 
     def _setup(self, fl_ctx: FLContext, shareable: Shareable) -> None:
         site = fl_ctx.get_identity_name()
@@ -116,7 +131,7 @@ class SiteTrainer(SiteModels, Executor):
         self.alone_params: dict | None = None  # trained here alone (train_alone); leaves only for cross-site eval
         self.site = Site(cfg=self.site_cfg, model=self.model, train_loader=self.train_loader,
                          batch_size=self.batch_size, local_epochs=self.local_epochs, task=self.task,
-                         log=lambda message: self.log_info(fl_ctx, message))  # fmt: skip
+                         log=lambda message: self.log_info(fl_ctx, message), budget=self.budget)  # fmt: skip
         self._ready = True
 
     def _standardisation(self, shareable: Shareable):
@@ -137,6 +152,10 @@ class SiteTrainer(SiteModels, Executor):
 
     def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         try:
+            if self._refusal and task_name == C.TASK_TRAIN:
+                raise BudgetRefused(self._refusal)
+            if task_name == C.TASK_TRAIN and self.budget.root is None:
+                self._admit(fl_ctx, shareable)
             if not self._ready:
                 self._setup(fl_ctx, shareable)
             if task_name == C.TASK_TRAIN:
@@ -153,6 +172,9 @@ class SiteTrainer(SiteModels, Executor):
             return make_reply(ReturnCode.TASK_UNKNOWN)
         except BudgetRefused as exc:  # not an error: the site's privacy floor says no; the server drops the site
             self.log_error(fl_ctx, f"privacy floor: {exc}")
+            if not self._refusal:
+                self._refusal = str(exc)
+                self.budget.refused(str(exc))
             reply = make_reply(ReturnCode.EARLY_TERMINATION)
             reply.set_header(C.HEADER_SITE_REFUSED, str(exc)[:2000])
             return reply
@@ -195,7 +217,7 @@ class SiteTrainer(SiteModels, Executor):
         )
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
-        self.training.end_round(fl_ctx)  # on this site's disk before anything leaves it: a resumed job goes on
+        self.training.end_round(self.site, fl_ctx)  # on this site's disk before anything leaves: counted if killed
         check_finite(self.model, result.loss)
         local_dice = self.task.evaluate(self.model, self.val_loader, device=self.device)
         self.local_params = state_to_numpy(self.model)

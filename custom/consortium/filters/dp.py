@@ -15,15 +15,17 @@ from nvflare.apis.filter import Filter
 from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
+from nvflare.app_common.app_constant import AppConstants
 
 from consortium import constants as C
 from consortium.he.wire import PAYLOAD_KEY
-from consortium.privacy import ledger
+from consortium.privacy import ledger, spending
 from consortium.privacy.accountant import RDPAccountant, check_dp_args
 from consortium.privacy.settings import DPUpdateSettings
 
 CTX_RECEIVED_MODEL = "consortium_dp_received_model"  # FLContext prop: the task's plaintext global weights
 CTX_RUN_CHAIN = "consortium_dp_run_chain"  # FLContext prop: job ids of this run (resumed jobs continue accounting)
+CTX_ROUND = "consortium_dp_round"  # FLContext prop: the task's round (0-based), for the site's spending ledger
 LEDGER_SUFFIX = ".update"  # the update filter's ledger beside DP-SGD's: <job id>.update.json
 
 
@@ -58,6 +60,7 @@ class KeepGlobalModel(Filter):
         fl_ctx.set_prop(CTX_RECEIVED_MODEL, received, private=True, sticky=False)
         chain = from_shareable(shareable).get_meta_prop(C.META_RUN_CHAIN) or [fl_ctx.get_job_id()]
         fl_ctx.set_prop(CTX_RUN_CHAIN, list(chain), private=True, sticky=False)
+        fl_ctx.set_prop(CTX_ROUND, shareable.get_header(AppConstants.CURRENT_ROUND), private=True, sticky=False)
         return shareable
 
 
@@ -143,6 +146,13 @@ class GaussianUpdateFilter(Filter):
         noised, norm = self.privatize(local, received)
         ledger.save(root, chain[-1], self.accountant.history)  # on this site's disk before the result leaves
         epsilon = self.accountant.epsilon(self.delta)
+        round_index = fl_ctx.get_prop(CTX_ROUND)
+        spending.append(root, {  # the site's ledger across jobs (privacy.spending), also before the result leaves
+            "kind": spending.ROUND, "job": fl_ctx.get_job_id(), "chain": [j[: -len(LEDGER_SUFFIX)] for j in chain],
+            "round": None if round_index is None else int(round_index) + 1, "mechanism": "dp_update",
+            "epsilon": float(epsilon), "delta": float(self.delta), "accountant": self.accountant.last_method,
+            "noise": float(self.noise_multiplier), "sample_rate": 1.0, "steps": int(self.accountant.steps),
+        })  # fmt: skip
         metrics = dict(dxo.get_meta_prop(MetaKey.INITIAL_METRICS) or {})
         metrics[C.METRIC_DP_UPDATE_EPSILON] = epsilon
         dxo.set_meta_prop(MetaKey.INITIAL_METRICS, metrics)

@@ -118,6 +118,7 @@ def build_job(spec: JobSpec, *, stream_logs: bool = True, resume_from: str = "")
         finetune_epochs=spec.finetune_epochs,
         weighting=spec.weighting,
         dp_sgd=spec.dp_sgd.to_dict() if spec.dp_sgd else None,
+        dp_update=spec.dp_update.to_dict() if spec.dp_update else None,  # its planned spend, for the site's budget
         server_momentum=spec.server_momentum,
         server_optimizer=spec.server_optimizer.to_dict() if spec.server_optimizer else None,
         standardise=spec.standardise,

@@ -62,3 +62,42 @@ def check_round(
             f"{source}). The site trains no further rounds of this job. Fix: lower dp_sgd.target_epsilon to at most "
             f"{floor.max_epsilon:g}, or run fewer rounds or local epochs."
         )
+
+
+def check_budget(
+    floor: PrivacyConfig, ledger, *, run: str, epsilon: float, delta: float, job: str, site: str, source: Path | str,
+    round_number: int | None = None,
+) -> None:  # fmt: skip
+    """Refuse a job (or, with `round_number`, a round) whose run would take (epsilon, delta) in all when the
+    other runs in the site's ledger (privacy.spending.Ledger) leave less of the site's budget across jobs."""
+    budget = floor.budget
+    if budget is None:
+        return
+    used_eps, used_delta = ledger.counted(exclude=run)
+    left_eps, left_delta = budget.epsilon - used_eps, budget.delta - used_delta
+    over_eps, over_delta = epsilon > left_eps + 1e-9, delta > left_delta * (1 + 1e-9)
+    if not (over_eps or over_delta):
+        return
+    spent_by = [
+        f"{' + '.join(r.jobs)} (epsilon {r.counted()[0]:.2f}, delta {r.counted()[1]:g}, {len(r.rounds)} round(s))"
+        for key, r in ledger.runs.items() if key != run and r.counted() != (0.0, 0.0)
+    ]  # fmt: skip
+    what = f"round {round_number} would bring this job to" if round_number else "this job plans to spend"
+    fixes = []
+    if left_eps <= 0 or left_delta <= 0:
+        part = "epsilon" if left_eps <= 0 else "delta (the deltas of all jobs add up: k jobs need k x theirs)"
+        fixes.append(f"the budget's {part} is used up: only the hospital can raise privacy.budget in {source}")
+    else:
+        if over_eps:
+            fixes.append(f"lower the job's target_epsilon (dp_sgd and dp_update together) to at most {left_eps:.2f}")
+        if over_delta:
+            fixes.append(f"lower the job's delta (dp_sgd.delta + dp_update.delta) to at most {left_delta:.3g}")
+    done = "This round was not trained; the rounds before it are counted." if round_number else (
+        "Nothing was trained or spent.")  # fmt: skip
+    fixes.append(f"or run the job without {site}; the ledger: `consortium privacy ledger --site {site}`")
+    raise BudgetRefused(
+        f"site {site} refuses job {job}: {what} epsilon {epsilon:.2f} and delta {delta:g}, more than is left of "
+        f"the site's privacy budget across jobs (privacy.budget in {source}: epsilon {budget.epsilon:g}, delta "
+        f"{budget.delta:g}; spent by {'; '.join(spent_by) or 'no other job'}; left: epsilon {max(left_eps, 0):.2f}, "
+        f"delta {max(left_delta, 0):.3g}). {done} Fix: {'; '.join(fixes)}."
+    )
