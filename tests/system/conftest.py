@@ -12,8 +12,11 @@ import pytest
 from consortium.deploy.poc import free_port
 from tests.conftest import REPO
 
+PROJECT_ADMIN = "  - {name: admin@test.org, org: test_ops, role: project_admin}\n"
 
-def write_consortium(path: Path) -> Path:
+
+def write_consortium(path: Path, admins: str = PROJECT_ADMIN) -> Path:
+    """A consortium definition on free ports; `admins`: the YAML list items of its `admins:`."""
     fed, admin = free_port(), free_port()
     while admin == fed:
         admin = free_port()
@@ -22,16 +25,16 @@ def write_consortium(path: Path) -> Path:
 description: system test
 server: {{name: localhost, org: test_ops, fed_learn_port: {fed}, admin_port: {admin}}}
 admins:
-  - {{name: admin@test.org, org: test_ops, role: project_admin}}
+{admins.rstrip()}
 he: {{poly_modulus_degree: 8192, coeff_mod_bit_sizes: [60, 40, 40], scale_bits: 40}}
 """
     )
     return path
 
 
-def cli_runner(site_configs: Path, tmp_path: Path):
+def cli_runner(site_configs: Path, tmp_path: Path, admins: str = PROJECT_ADMIN):
     """`run(*args)`: `consortium ...` against `site_configs` with a temp workspace, runs folder and HOME."""
-    consortium = write_consortium(tmp_path / "consortium.yaml")
+    consortium = write_consortium(tmp_path / "consortium.yaml", admins)
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     env = {**os.environ, "HOME": str(home), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}

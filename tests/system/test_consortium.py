@@ -60,7 +60,8 @@ def test_poc_consortium_runs_a_job_through_the_admin_api(cli):
         assert job_id[:8] in session.stdout and "FINISHED:COMPLETED" in session.stdout, session.stdout[-2000:]
         assert (kit / "admin@test.org" / "transfer" / job_id).is_dir()
 
-        # a job that ships its own code is refused by the sites (their authorization.json: byoc none)
+        # a job that ships its own code is refused: no hospital's authorization.json runs it (byoc none), so the
+        # server's does not either (deploy/roles.py)
         cli("job", "export", "fedavg", "--out", str(cli.tmp / "byoc"))
         custom = cli.tmp / "byoc" / "fedavg" / "app" / "custom"
         custom.mkdir(parents=True)
@@ -71,7 +72,7 @@ def test_poc_consortium_runs_a_job_through_the_admin_api(cli):
             byoc_job = sess.submit_job(str(custom.parent.parent))
             meta = sess.wait_for_job(byoc_job, timeout=120, poll_interval=2)
         assert meta["status"] == "FINISHED:FAILED_TO_RUN", meta
-        assert "site-a: NVFLARE_ERROR: BYOC not permitted" in meta["job_deploy_detail"]
+        assert "server: BYOC not permitted" in meta["job_deploy_detail"], meta["job_deploy_detail"]
 
         # a site that cannot run the job: its own error text reaches the admin
         data_b = cli.tmp / "site_configs" / "data" / "site-b"

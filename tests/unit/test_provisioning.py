@@ -24,17 +24,6 @@ def test_every_site_config_is_a_client_and_nothing_else(tmp_path):
     assert any(a["role"] == "project_admin" for a in admins)
 
 
-def test_an_admin_of_a_hospital_that_left_is_named():
-    from consortium.deploy.provision import orphan_admins
-
-    defn = load_consortium(REPO / "provisioning" / "consortium.yaml")
-    sites = load_site_configs(REPO / "site_configs")
-    assert orphan_admins(defn, sites) == []  # lead@northfield.org belongs to hospital-a's org
-    left = {name: cfg for name, cfg in sites.items() if cfg.org != "northfield_general"}
-    (warning,) = orphan_admins(defn, left)
-    assert "lead@northfield.org" in warning and "northfield_general" in warning
-
-
 def test_write_project_reports_changes(tmp_path):
     defn = load_consortium(REPO / "provisioning" / "consortium.yaml")
     sites = load_site_configs(REPO / "site_configs")

@@ -66,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
         "POC's project admin kit)",
     )
     p.add_argument("--admin", help="admin user name of --admin-kit (default: the kit folder's name)")
+    p.add_argument(
+        "--as",
+        dest="as_person",
+        metavar="PERSON",
+        help="act as PERSON on the local POC consortium, with their own admin kit and role (an admin of the "
+        "consortium definition, e.g. lead@northfield.org; default: its first project admin)",
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(sub)

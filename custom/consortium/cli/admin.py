@@ -6,6 +6,8 @@ from consortium.cli.deploy import admin_session, poc_paths
 
 
 def cmd_status(args) -> int:
+    from nvflare.fuel.flare_api.api_spec import AuthorizationError
+
     from consortium.deploy.admin import running_jobs, site_errors
 
     with admin_session(args) as sess:
@@ -23,7 +25,11 @@ def cmd_status(args) -> int:
         # site errors of the running jobs and of the latest job only: one log read each, not one per job ever run
         latest = sorted(jobs, key=lambda j: j.get("submit_time", ""))[-1:]
         for job_id in dict.fromkeys(running + [j["job_id"] for j in latest]):
-            errors = site_errors(sess, job_id)
+            try:
+                errors = site_errors(sess, job_id)
+            except AuthorizationError:  # e.g. a member, or a lead looking at another's job: no right get_job_log
+                print(f"job {job_id}: your role may not read its logs (right 'get_job_log'); site errors not shown")
+                continue
             if errors:
                 print(f"errors reported by sites in job {job_id}:")
                 for line in errors[-args.tail :]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -27,24 +26,34 @@ def poc_state(args) -> dict:
 
 
 def admin_session(args):
-    """An admin API session: from `--admin-kit` (a production or distributed admin kit), else the local POC's."""
-    from consortium.deploy.admin import session
-    from consortium.deploy.poc import admin_kit
+    """An admin API session: from `--admin-kit` (a production or distributed admin kit), else the local POC's
+    kit of `--as PERSON` (default: its project admin's)."""
+    from consortium.deploy.admin import AdminError, session
+    from consortium.deploy.poc import admin_kit, admin_kits
 
+    person = getattr(args, "as_person", None)
     if getattr(args, "admin_kit", None):
+        if person:
+            raise AdminError("--as picks a person's kit of the local POC consortium; with --admin-kit, pass only that")
         kit = Path(args.admin_kit)
         return session(args.admin or kit.resolve().name, kit)
     state = poc_state(args)
-    return session(state["admin"], admin_kit(poc_paths(args), state))
+    if not person:
+        return session(state["admin"], admin_kit(poc_paths(args), state))
+    kits = admin_kits(poc_paths(args), state)
+    if person not in kits:
+        raise AdminError(
+            f"--as {person}: the local consortium has no admin kit of that name; its admins: {', '.join(sorted(kits))} "
+            f"(the admins: of {args.consortium})"
+        )
+    return session(person, kits[person])
 
 
 def cmd_provision(args) -> int:
-    from consortium.deploy.provision import load_consortium, orphan_admins, project_dict, run_provision, write_project
+    from consortium.deploy.provision import load_consortium, project_dict, run_provision, write_project
 
     defn = load_consortium(args.consortium)
     sites = load_site_configs(args.site_configs)
-    for warning in orphan_admins(defn, sites):
-        print(f"warning: {warning}", file=sys.stderr)
     out = Path(args.workspace).resolve() / "prod"
     project = project_dict(defn, sites, site_configs=Path(args.site_configs), storage_root=out / "storage")
     changes = write_project(project, out / "project.yml")

@@ -26,14 +26,39 @@ def session(admin: str, kit: Path, timeout: float = 30.0):
             f"admin kit {kit} not found (no startup/ folder in it): pass --admin-kit with the folder of an admin "
             "startup kit, or bring the local consortium up with `consortium poc up`"
         )
+    from nvflare.fuel.flare_api.api_spec import AuthorizationError
+
     try:
         sess = new_secure_session(admin, str(kit), timeout=timeout)
     except Exception as exc:
         raise AdminError(f"cannot reach the FLARE server with {kit} ({exc}); is the consortium up?") from None
     try:
         yield sess
+    except AuthorizationError as exc:  # a command the person's role may not run: say which right, and who may
+        from consortium.deploy.roles import refusal
+
+        name, org, role = kit_identity(kit)
+        raise AdminError(refusal(name or admin, org, role, str(exc))) from None
     finally:
         sess.close()
+
+
+def kit_identity(kit: Path) -> tuple[str, str, str]:
+    """(name, org, role) of an admin kit, from its certificate (FLARE puts the role in the subject's
+    unstructuredName); empty strings for what it does not say."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    try:
+        subject = x509.load_pem_x509_certificate((kit / "startup" / "client.crt").read_bytes()).subject
+    except (OSError, ValueError):
+        return "", "", ""
+
+    def attr(oid) -> str:
+        found = subject.get_attributes_for_oid(oid)
+        return str(found[0].value) if found else ""
+
+    return attr(NameOID.COMMON_NAME), attr(NameOID.ORGANIZATION_NAME), attr(NameOID.UNSTRUCTURED_NAME)
 
 
 def running_jobs(info) -> list[str]:

@@ -99,15 +99,12 @@ def write_site_policies(kit: Path, cfg) -> None:
 
 def write_server_policies(kit: Path, storage_root: Path, *, heartbeat_timeout: int = 60) -> None:
     """The server kit's local/ as the central kit builder writes it (allow-list, job storage, heartbeat
-    timeout), and FLARE's default server authorization plus `get_job_log` for a lead's own jobs: the
-    distributed flow issues no project_admin, and the consortium's lead admin follows its jobs through the
-    server's log."""
-    from consortium.deploy.kit_builder import _write_json, write_server_local
+    timeout) and the consortium's roles (deploy/roles.py) for hospitals not known yet: the default site
+    config's submit_roles. The distributed flow issues no project_admin; the consortium's lead admin follows
+    its own jobs through the server's log (get_job_log n:submitter)."""
+    from consortium.deploy.kit_builder import write_server_local
 
     write_server_local(str(kit / "local"), storage_root=str(storage_root), heartbeat_timeout=heartbeat_timeout)
-    policy = json.loads((kit / "local" / "authorization.json.default").read_text())
-    policy["permissions"]["lead"]["get_job_log"] = "n:submitter"
-    _write_json(str(kit / "local" / "authorization.json"), policy)
 
 
 def init(defn: ConsortiumDef, consortium_dir: Path) -> dict:

@@ -12,36 +12,15 @@ from nvflare.lighter.spec import Builder
 
 from consortium import constants as C
 from consortium.audit_trail.install import with_trail
-from consortium.config import ROLES, SiteConfig, load_site_configs, site_config_dict
+from consortium.config import SiteConfig, load_site_configs, site_config_dict
 from consortium.deploy.policy import with_allow_list
-
-# Rights per FLARE role when a role may submit jobs to a site (FLARE's defaults for `lead`).
-_SUBMITTER_RIGHTS = {
-    "submit_job": "any",
-    "clone_job": "n:submitter",
-    "manage_job": "n:submitter",
-    "download_job": "n:submitter",
-    "view": "any",
-    "operate": "o:site",
-    "shell_commands": "o:site",
-}
+from consortium.deploy.roles import default_server_policy, server_policy, site_policy
 
 
 def authorization_policy(cfg: SiteConfig) -> dict:
-    """FLARE `local/authorization.json` for a site: who may run jobs there, and whether jobs may ship code."""
-    permissions = {}
-    for role in ROLES:
-        if role in cfg.authorization.submit_roles:
-            rights = dict(_SUBMITTER_RIGHTS)
-            if role == "project_admin":
-                rights.update(clone_job="any", manage_job="any", download_job="any", operate="any")
-        else:
-            rights = {"submit_job": "none", "view": "any"}
-        rights["byoc"] = (
-            "any" if cfg.authorization.allow_custom_code and role in cfg.authorization.submit_roles else "none"
-        )
-        permissions[role] = rights
-    return {"format_version": "1.0", "permissions": permissions}
+    """FLARE `local/authorization.json` for a site: the consortium's roles (deploy/roles.py) with the site's own
+    choice of who may run jobs there and whether jobs may ship code."""
+    return site_policy(cfg)
 
 
 PRIVACY_SCOPE = "hospital_policy"  # the one privacy scope in every hospital's kit, and its default
@@ -131,6 +110,7 @@ class ConsortiumKitBuilder(Builder):
             ctx.get_local_dir(project.get_server()),
             storage_root=self.storage_root,
             heartbeat_timeout=self.heartbeat_timeout,
+            authorization=server_policy(sites),
         )
         for admin in project.get_admins():
             _fast_admin_login(os.path.join(ctx.get_kit_dir(admin), "fed_admin.json"))
@@ -141,10 +121,14 @@ class ConsortiumKitBuilder(Builder):
 REJOIN_COMPONENT = {"id": "rejoin_running_jobs", "path": "consortium.deploy.rejoin.RejoinRunningJobs", "args": {}}
 
 
-def write_server_local(local: str, *, storage_root: str, heartbeat_timeout: int) -> dict:
+def write_server_local(
+    local: str, *, storage_root: str, heartbeat_timeout: int, authorization: dict | None = None
+) -> dict:
     """The server kit's local/resources.json (and .default): the allow-list with `consortium.`, job storage
     inside the consortium workspace, the heartbeat timeout after which a silent site is dropped, and reliable
-    streaming (comm_config.json); local/privacy.json with the audit trail."""
+    streaming (comm_config.json); local/privacy.json with the audit trail; local/authorization.json (and
+    .default, so no other policy lies beside it) with the consortium's roles (deploy/roles.py; by default
+    for hospitals with the default site config's submit_roles)."""
     resources = _resources(local)
     _server_storage(resources, storage_root)
     # FLARE drops a silent site after this many seconds (its default 600): until then a finished job whose
@@ -158,6 +142,8 @@ def write_server_local(local: str, *, storage_root: str, heartbeat_timeout: int)
     for name in ("resources.json", "resources.json.default"):  # `poc prepare` rewrites the first from the second
         _write_json(os.path.join(local, name), resources)
     _write_comm_config(local)
+    for name in ("authorization.json", "authorization.json.default"):
+        _write_json(os.path.join(local, name), authorization or default_server_policy())
     # the server's audit trail (consortium.audit_trail): FLARE builds privacy.json's components into every server
     # job process; the one (empty) scope is the sites' own, so the server admits the same jobs they do
     _write_json(os.path.join(local, "privacy.json"), with_trail({}, default_scope=PRIVACY_SCOPE))
@@ -168,7 +154,8 @@ def write_site_local(local: str, cfg: SiteConfig) -> None:
     """A hospital kit's local/: resources (allow-list), authorization and privacy policies, reliable streaming,
     its site config."""
     _write_json(os.path.join(local, "resources.json"), _resources(local))
-    _write_json(os.path.join(local, "authorization.json"), authorization_policy(cfg))
+    for name in ("authorization.json", "authorization.json.default"):  # no other policy beside the site's own
+        _write_json(os.path.join(local, name), authorization_policy(cfg))
     _write_json(os.path.join(local, "privacy.json"), privacy_policy(cfg))
     _write_comm_config(local)
     folder = os.path.join(local, C.KIT_SITE_CONFIG_FOLDER)

@@ -218,3 +218,9 @@ def up(
 
 def admin_kit(paths: PocPaths, state: dict) -> Path:
     return paths.prod(state["project"]) / state["admin"]
+
+
+def admin_kits(paths: PocPaths, state: dict) -> dict[str, Path]:
+    """Every person's admin kit in the local consortium, by name."""
+    prod = paths.prod(state["project"])
+    return {kit.parent.parent.name: kit.parent.parent for kit in sorted(prod.glob("*/startup/fl_admin.sh"))}

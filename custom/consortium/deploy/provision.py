@@ -67,18 +67,7 @@ def load_consortium(path: str | Path) -> ConsortiumDef:
         raise ConfigError(f"{path}: field 'server.name': {name!r} is not a host name (use localhost for POC)")
     if not ORG_RE.match(org):
         raise ConfigError(f"{path}: field 'server.org': {org!r} must use letters, digits and '_' only")
-    admins = []
-    for i, a in enumerate(raw.get("admins") or []):
-        field = f"admins[{i}]"
-        if not EMAIL_RE.match(str(a.get("name", ""))):
-            raise ConfigError(f"{path}: field '{field}.name': admin names are e-mail addresses, got {a.get('name')!r}")
-        if not ORG_RE.match(str(a.get("org", ""))):
-            raise ConfigError(f"{path}: field '{field}.org': {a.get('org')!r} must use letters, digits and '_' only")
-        if a.get("role") not in ROLES:
-            raise ConfigError(f"{path}: field '{field}.role': {a.get('role')!r} is not one of {', '.join(ROLES)}")
-        admins.append(Admin(name=a["name"], org=a["org"], role=a["role"]))
-    if not any(a.role == "project_admin" for a in admins):
-        raise ConfigError(f"{path}: field 'admins': at least one admin needs role project_admin")
+    admins = _admins(raw.get("admins"), path)
     return ConsortiumDef(
         project=project,
         description=str(raw.get("description", "")),
@@ -102,16 +91,60 @@ def _heartbeat(value, source) -> int:
     return value
 
 
-def orphan_admins(defn: ConsortiumDef, sites: dict[str, SiteConfig]) -> list[str]:
-    """Warnings for admins (other than project admins) whose org is neither the server's nor any hospital's:
-    typically a hospital that left the consortium while its people kept their kits in consortium.yaml."""
+ADMIN_KEYS = ("name", "org", "role")
+
+
+def _admins(entries, path) -> tuple[Admin, ...]:
+    """The people with an admin kit: e-mail name, org and one of FLARE's four roles each; one project admin at
+    least; nobody twice."""
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{path}: field 'admins': a list of people, each with {', '.join(ADMIN_KEYS)}")
+    admins, seen = [], {}
+    for i, a in enumerate(entries):
+        field = f"admins[{i}]"
+        if not isinstance(a, dict):
+            raise ConfigError(f"{path}: field '{field}': {a!r} is not a mapping with {', '.join(ADMIN_KEYS)}")
+        unknown = sorted(set(a) - set(ADMIN_KEYS))
+        if unknown:
+            raise ConfigError(f"{path}: field '{field}.{unknown[0]}': unknown key. Allowed: {', '.join(ADMIN_KEYS)}")
+        if not EMAIL_RE.match(str(a.get("name", ""))):
+            raise ConfigError(f"{path}: field '{field}.name': admin names are e-mail addresses, got {a.get('name')!r}")
+        if not ORG_RE.match(str(a.get("org", ""))):
+            raise ConfigError(f"{path}: field '{field}.org': {a.get('org')!r} must use letters, digits and '_' only")
+        if a.get("role") not in ROLES:
+            raise ConfigError(
+                f"{path}: field '{field}.role': {a.get('role')!r} is not a role; the roles are {', '.join(ROLES)} "
+                "(docs/deployment.md#roles)"
+            )
+        if a["name"] in seen:
+            raise ConfigError(
+                f"{path}: field '{field}.name': {a['name']} is listed twice (also admins[{seen[a['name']]}]); "
+                "a person has one org and one role"
+            )
+        seen[a["name"]] = i
+        admins.append(Admin(name=a["name"], org=a["org"], role=a["role"]))
+    if not any(a.role == "project_admin" for a in admins):
+        raise ConfigError(f"{path}: field 'admins': at least one admin needs role project_admin")
+    return tuple(admins)
+
+
+def check_admin_orgs(defn: ConsortiumDef, sites: dict[str, SiteConfig]) -> None:
+    """Every admin belongs to the server's org or a hospital's: an org no participant has is a typo, or a
+    hospital that left the consortium while its people stayed in consortium.yaml (their kits would still log
+    in). Raises ConfigError naming each such admin."""
     orgs = {defn.server_org} | {s.org for s in sites.values()}
-    return [
-        f"admin {a.name} (role {a.role}) belongs to org '{a.org}', which no site config has any more: their "
-        f"kit is still made and can log in; remove them from the consortium definition if they left"
-        for a in defn.admins
-        if a.role != "project_admin" and a.org not in orgs
+    problems = [
+        f"field 'admins[{i}].org': {a.name} (role {a.role}) belongs to org '{a.org}', which neither the server nor any "
+        "hospital has"
+        for i, a in enumerate(defn.admins)
+        if a.org not in orgs
     ]
+    if problems:
+        known = ", ".join([f"{defn.server_org} (server)", *sorted({s.org for s in sites.values()})])
+        raise ConfigError(
+            f"{defn.source}: {'; '.join(problems)}. The orgs are: {known}. Fix a typo, or remove the people of a "
+            "hospital that left from admins:"
+        )
 
 
 def project_dict(
@@ -122,7 +155,9 @@ def project_dict(
     storage_root: Path,
     ports: tuple[int, int] | None = None,
 ) -> dict:
-    """FLARE's api_version 3 project: server, one client per site config, admins, builders (signature last)."""
+    """FLARE's api_version 3 project: server, one client per site config, admins, builders (signature last).
+    Raises ConfigError if an admin's org is no participant's (check_admin_orgs)."""
+    check_admin_orgs(defn, sites)
     fed_port, admin_port = ports or (defn.fed_learn_port, defn.admin_port)
     server = {"name": defn.server_name, "type": "server", "org": defn.server_org}
     server.update({"fed_learn_port": fed_port, "admin_port": admin_port})
