@@ -3,6 +3,7 @@ the federated feature standardisation (FLARE's federated statistics -> global me
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -212,3 +213,70 @@ def test_federated_standardisation_runs_flare_statistics_first(tmp_path):
     )
     assert [w["path"].rsplit(".", 1)[-1] for w in raw["workflows"]] == ["ConsortiumFedAvg", "ConsortiumCrossSiteEval",
                                                                        "MembershipAudit"]  # fmt: skip
+
+
+def _heart_dp_job(tmp_path, dp_sgd: str) -> Path:
+    """A variant of heart_fedavg_dp with its own dp_sgd mapping, in a copy of the jobs folder."""
+    import shutil
+
+    jobs = tmp_path / "jobs"
+    if not jobs.exists():
+        shutil.copytree(REPO / "jobs", jobs)
+    (jobs / "bad_dp").mkdir(exist_ok=True)
+    (jobs / "bad_dp" / "job.yaml").write_text(f"base: heart_fedavg_dp\ndp_sgd: {dp_sgd}\n")
+    return jobs
+
+
+@pytest.mark.parametrize("epsilon", ["0", "-1", "0.0"])
+def test_heart_dp_job_refuses_epsilon_not_above_zero(tmp_path, epsilon):
+    """An epsilon <= 0 is refused when the job loads, naming the setting: no job is exported or run."""
+    jobs = _heart_dp_job(tmp_path, f"{{target_epsilon: {epsilon}, delta: 1.0e-5, max_grad_norm: 0.3}}")
+    with pytest.raises(ConfigError, match=r"bad_dp/job.yaml: field dp_sgd.target_epsilon: must be a finite number > 0"):
+        load_job_spec("bad_dp", jobs)
+    assert load_job_spec("heart_fedavg_dp", jobs).dp_sgd.target_epsilon == 1  # the job itself loads
+
+
+def test_heart_dp_refuses_delta_not_below_one_over_each_hospitals_patients(tmp_path):
+    """delta >= 1 / n of a hospital's training patients is refused at that hospital before its first step,
+    naming dp_sgd.delta and that hospital's n, even where its floor would accept the delta: nothing trained,
+    nothing accounted. n is the hospital's own (30 at Switzerland, 199 at Cleveland)."""
+    from consortium.privacy.budget import BudgetRefused, check_job
+    from consortium.privacy.dpsgd import SiteDPSGD
+
+    sites = load_site_configs(REPO / "site_configs" / "heart")
+    spec = load_job_spec("heart_fedavg_dp", REPO / "jobs")
+    for delta, refused_at in [(0.04, {"cleveland", "hungary", "switzerland", "va"}),  # 1/30 = 0.033
+                              (0.02, {"cleveland", "hungary", "va"}),  # < 1/30, >= 1/85
+                              (0.0055, {"cleveland"})]:  # < 1/172, >= 1/199  # fmt: skip
+        settings = replace(spec.dp_sgd, delta=delta)
+        for name, cfg in sites.items():
+            # the hospitals' own floor (delta 1e-5) already refuses it, naming their file
+            with pytest.raises(BudgetRefused, match=rf"accepts delta up to 1e-05 \(privacy.delta in .*{name}.yaml\)"):
+                check_job(cfg.privacy, settings, site=name, source=cfg.source)
+            check_job(replace(cfg.privacy, delta=0.5), settings, site=name, source=cfg.source)  # a lax floor passes
+            loader, _, _ = heart.make_loaders(cfg, batch_size=spec.batch_size, standardise="local")
+            n = len(loader.dataset)
+            model = heart.build_model()
+            before = [p.detach().clone() for p in model.parameters()]
+            if name in refused_at:
+                with pytest.raises(ValueError, match=rf"dp_sgd.delta {delta:g} must be below 1 / number of patients "
+                                                     rf"\(1/{n} = "):  # fmt: skip
+                    SiteDPSGD(settings, model=model, train_loader=loader, batch_size=spec.batch_size)
+                assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))  # untrained
+            else:
+                dp = SiteDPSGD(settings, model=model, train_loader=loader, batch_size=spec.batch_size)
+                assert dp.accountant.steps == 0 and dp.num_patients == n
+
+
+def test_heart_dp_job_refuses_a_pretrained_checkpoint_that_does_not_fit(tmp_path):
+    """A start checkpoint for another model (here seg2d-like keys, and a 12-feature linear layer) is refused at
+    load, naming the setting and the first misfit: nothing is exported, trained or spent."""
+    jobs = _heart_dp_job(tmp_path, "{target_epsilon: 1, delta: 1.0e-5, max_grad_norm: 0.3}")
+    torch.save(torch.nn.Linear(12, 1).state_dict(), tmp_path / "narrow.pt")
+    torch.save({"model.0.conv.weight": torch.zeros(4, 1, 3, 3)}, tmp_path / "unet.pt")
+    for checkpoint, problem in [("narrow.pt", r"1 of another shape \(first: weight \(1, 12\) vs \(1, 13\)\)"),
+                                ("unet.pt", "2 missing .*1 unexpected")]:  # fmt: skip
+        (jobs / "bad_dp" / "job.yaml").write_text(f"base: heart_fedavg_dp\npretrained: {tmp_path / checkpoint}\n")
+        with pytest.raises(ConfigError, match=rf"bad_dp/job.yaml: field pretrained: .*{checkpoint} does not fit the "
+                                              rf"job's model: {problem}"):  # fmt: skip
+            load_job_spec("bad_dp", jobs)

@@ -140,7 +140,10 @@ class SiteDPSGD:
         dataset = train_loader.dataset
         patients = patient_groups(dataset)
         self.num_patients, self.num_samples = len(patients), len(dataset)
-        check_dp_args(delta=settings.delta, num_patients=self.num_patients)  # delta < 1 / n, or refused here
+        try:  # delta < 1 / n of this site's patients, or refused here, before any step is taken or accounted
+            check_dp_args(delta=settings.delta, num_patients=self.num_patients)
+        except ValueError as exc:
+            raise ValueError(f"dp_sgd.{exc}") from None
         # every patient is drawn with the same probability; batches hold `batch_size` slices on average
         self.sample_rate = min(1.0, batch_size / self.num_samples)
         self.expected_patients = self.sample_rate * self.num_patients  # the mean gradient's denominator
