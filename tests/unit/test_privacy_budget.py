@@ -218,3 +218,20 @@ def test_cli_prints_the_ledger_and_the_remaining_budget(tmp_path, capsys):
     assert row.split()[:5] == ["j1", "2", "5.99", "1e-05", "6.00"]
     assert "left: epsilon 4.00, delta 9e-05" in out and f"privacy.budget in {cfg.source}" in out
     assert "WARNING" in out and "line 4 is incomplete" in out
+
+
+def test_fixed_noise_dpsgd_is_planned_once_its_steps_are_known(tmp_path):
+    cfg = _cfg(tmp_path, "privacy:\n  budget: {epsilon: 10, delta: 1.0e-4}\n")
+    fixed = DPSGDSettings.from_dict({"noise_multiplier": 1.0, "delta": 1e-5, "max_grad_norm": 1.0})
+    job = JobBudget(fixed, None)
+    job.admit(cfg, FLModel(params={}, total_rounds=3), _ctx(tmp_path, "f1"), print)
+    assert job.admitted and job.planned is None  # no target: nothing to reserve before the data are read
+    with pytest.raises(BudgetRefused, match="plans to spend epsilon 12.00"):
+        job.plan_dpsgd(cfg, 12.0)  # what its steps would spend, once the site knows them: still before training
+    job.plan_dpsgd(cfg, 7.0)
+    assert spending.read(spending.path(tmp_path)).counted() == (7.0, 1e-5)
+    used_up = JobBudget(fixed, None)  # 7 + 3 = the whole budget: a fixed-noise job is refused before its data
+    spending.append(tmp_path, _plan("other", ["other"], 3.0))
+    with pytest.raises(BudgetRefused, match="budget's epsilon is used up"):
+        used_up.admit(cfg, FLModel(params={}, total_rounds=3), _ctx(tmp_path, "f2"), print)
+    assert not used_up.admitted

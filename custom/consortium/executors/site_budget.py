@@ -31,6 +31,7 @@ class JobBudget:
         self.chain: list = []
         self.update_plan = 0.0  # the DP-update filter's planned epsilon
         self.planned: tuple[float, float] | None = None  # (epsilon, delta) once admitted
+        self.admitted = False  # admit() ran to its end (a refusal raises; the executor then refuses every round)
 
     @property
     def private(self) -> bool:
@@ -54,6 +55,7 @@ class JobBudget:
                     f"budget across jobs (privacy.budget in {cfg.source}) cannot count it; the ledger records it "
                     "as 'no DP'. To refuse such jobs set privacy.require_dp: true")  # fmt: skip
             self._plan(None, None, cfg)
+            self.admitted = True
             return
         if self.dp_update is not None:
             self.update_plan = update_epsilon(self.dp_update, incoming.total_rounds or 1)
@@ -61,8 +63,9 @@ class JobBudget:
             # a fixed noise multiplier: the whole plan needs the site's sample count; refuse now what is known
             # (any DP-SGD step spends some epsilon: a used-up budget refuses the job here, before data are read)
             self._check(cfg, max(self.update_plan, 1e-6), self._delta(), ledger)
-            return
-        self._plan(self.update_plan + (self.dp_sgd.target_epsilon if self.dp_sgd else 0.0), self._delta(), cfg)
+        else:
+            self._plan(self.update_plan + (self.dp_sgd.target_epsilon if self.dp_sgd else 0.0), self._delta(), cfg)
+        self.admitted = True
 
     def plan_dpsgd(self, cfg, epsilon: float) -> None:
         """A fixed-noise DP-SGD job, once its sample rate and steps are known: its planned DP-SGD epsilon."""

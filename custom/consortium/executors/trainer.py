@@ -154,7 +154,7 @@ class SiteTrainer(SiteModels, Executor):
         try:
             if self._refusal and task_name == C.TASK_TRAIN:
                 raise BudgetRefused(self._refusal)
-            if task_name == C.TASK_TRAIN and self.budget.root is None:
+            if task_name == C.TASK_TRAIN and not self.budget.admitted:
                 self._admit(fl_ctx, shareable)
             if not self._ready:
                 self._setup(fl_ctx, shareable)

@@ -22,6 +22,7 @@ class SiteResults:
             self.error(f"{C.SITE_ERROR_MARKER} {site} refused to train (dropped from the remaining rounds): {refusal}")
             self._history.setdefault("refused", {})[site] = {"round": self.current_round, "reason": refusal}
             remaining = ", ".join(self.sample_clients()) or "no site"
+            self.info(f"[progress] {site} refused: {refusal}")  # the admin's console and `consortium submit` show it
             self.info(f"[progress] {site} dropped; training goes on with {remaining}")
         elif message:
             self.error(f"{C.SITE_ERROR_MARKER} {site}: {message}")

@@ -1,0 +1,110 @@
+"""A hospital's privacy budget across jobs on a real POC consortium: site-b (budget epsilon 10) trains one DP-SGD
+job at epsilon 6, is killed and restarted from its kit, and refuses the next job before it reads any data; the
+job goes on with site-a (min_clients 1), the refusal shows in `consortium submit` and `consortium status`, and
+`consortium privacy ledger` prints site-b's ledger."""
+
+import json
+import shutil
+import time
+
+import pytest
+
+from consortium.deploy import poc
+from consortium.deploy.admin import clients, session
+from consortium.deploy.poc import PocPaths, read_state
+from consortium.privacy import spending
+from tests.conftest import REPO
+
+pytestmark = [pytest.mark.system, pytest.mark.slow]
+
+JOB = """base: fedavg_dp
+description: DP-SGD at epsilon 6 per site, 2 rounds, for the budget test
+rounds: 2
+local_epochs: 1
+batch_size: 4
+min_clients: 1
+he: false
+cross_site: false
+audit: false
+dp_sgd: {target_epsilon: 6, delta: 1.0e-5, max_grad_norm: 1.0}
+"""
+
+
+def wait_for(check, what: str, timeout: float = 300, poll: float = 2.0):
+    """A guard against hanging for ever, never a timing assertion."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(poll)
+    raise AssertionError(f"gave up waiting for {what} after {timeout:.0f} s")
+
+
+def test_a_site_refuses_the_job_that_would_pass_its_budget_across_jobs(tiny_sites, tmp_path):
+    from tests.system.conftest import cli_runner
+
+    site_configs = next(iter(tiny_sites.values())).source.parent
+    with open(site_configs / "site-b.yaml", "a") as f:
+        f.write("privacy:\n  budget: {epsilon: 10, delta: 1.0e-4}\n")
+    jobs = tmp_path / "jobs"
+    for name in ("fedavg", "fedavg_dp"):  # the repo's jobs (their purpose and agreement too), and a small variant
+        shutil.copytree(REPO / "jobs" / name, jobs / name)
+    (jobs / "dp_budget").mkdir()
+    (jobs / "dp_budget" / "job.yaml").write_text(JOB)
+    cli = cli_runner(site_configs, tmp_path)
+    paths = PocPaths(tmp_path / "ws" / "poc-consortium")
+    cli("poc", "up")
+    try:
+        state = read_state(paths)
+        kit_b = paths.prod(state["project"]) / "site-b"
+        first = cli("--jobs", str(jobs), "submit", "dp_budget")
+        assert "FINISHED:COMPLETED" in first.stdout and "[progress] round 2/2: 2 of 2 sites contributed" in first.stdout
+        job1 = first.stdout.split("submitted job 'dp_budget' as ")[1].split()[0]
+        ledger = spending.read(spending.path(kit_b))
+        assert list(ledger.runs) == [job1] and ledger.runs[job1].rounds == {1, 2}, ledger
+        assert 5.5 < ledger.runs[job1].spent["dp_sgd"]["epsilon"] <= 6.0 and not ledger.problems
+
+        # the hospital crashes and is restarted from its kit: its ledger is in the kit's workspace, not in a job
+        poc.kill_kit(paths, kit_b)
+        poc.start_kit(paths, kit_b)
+        with session(state["admin"], poc.admin_kit(paths, state)) as sess:
+            wait_for(lambda: "site-b" in clients(sess), "site-b to register again")
+
+        second = cli("--jobs", str(jobs), "submit", "dp_budget")
+        job2 = second.stdout.split("submitted job 'dp_budget' as ")[1].split()[0]
+        assert "FINISHED:COMPLETED" in second.stdout, second.stdout[-3000:]
+        assert "site-b dropped; training goes on with site-a" in second.stdout
+        assert f"[progress] site-b refused: site site-b refuses job {job2}: this job plans" in second.stdout
+        assert "[progress] round 2/2: 1 of" in second.stdout
+
+        history = json.loads((tmp_path / "runs" / "dp_budget" / "metrics.json").read_text())
+        reason = history["refused"]["site-b"]["reason"]
+        for part in (f"site site-b refuses job {job2}", "plans to spend epsilon 6.00", "privacy.budget in",
+                     "site-b.yaml: epsilon 10", f"spent by {job1} (epsilon 6.00", "left: epsilon 4.00",
+                     "Nothing was trained or spent", "at most 4.00"):  # fmt: skip
+            assert part in reason, (part, reason)
+        assert [sorted(r["contributed"]) for r in history["rounds"]] == [["site-a"], ["site-a"]]
+
+        # refused before its data were read or anything trained: the refusal comes before any data line
+        log_b = (kit_b / job2 / "log.txt").read_text()
+        refused_at = log_b.index(f"site site-b refuses job {job2}")
+        assert "DP-SGD over" not in log_b and "site-b round" not in log_b
+        assert " usable in " not in log_b[:refused_at], log_b[:refused_at][-2000:]
+        ledger = spending.read(spending.path(kit_b))
+        assert ledger.runs[job2].refused and not ledger.runs[job2].rounds and ledger.runs[job2].planned is None
+        assert ledger.counted() == pytest.approx((6.0, 1e-5))
+
+        status = cli("status")
+        assert f"errors reported by sites in job {job2}:" in status.stdout
+        assert f"site-b refused to train (dropped from the remaining rounds): site site-b refuses job {job2}" in (
+            status.stdout
+        )
+        table = cli("privacy", "ledger", "--site", "site-b")
+        lines = table.stdout.splitlines()
+        assert lines[0].split() == ["job", "rounds", "epsilon", "delta", "counted", "accountant", "time"]
+        assert lines[2].split()[:2] == [job1, "2"] and "dp_sgd:" in lines[2]
+        assert lines[3].split()[:3] == [job2, "0", "refused"]
+        assert "left: epsilon 4.00" in table.stdout and "site-b.yaml" in table.stdout
+    finally:
+        cli("poc", "down", check=False)
