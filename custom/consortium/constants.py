@@ -66,7 +66,9 @@ CROSS_SITE_FILE = "cross_site.json"  # the cross-site matrix: every model on eve
 # Written by each site into its own run directory: its fine-tuned model, which never has to leave it.
 PERSONAL_MODEL_FILE = "personalized_model.pt"
 ALONE_MODEL_FILE = "alone_model.pt"  # the site's model trained alone; leaves it only for cross-site evaluation
-PRIVACY_LEDGER_FOLDER = "consortium_privacy"  # <site workspace>/consortium_privacy/<job id>.json: DP steps spent
+# <site workspace>/consortium_privacy/: <job id>.json, the DP steps a job spent (privacy.ledger), and spending.jsonl,
+# the site's append-only ledger across jobs (privacy.spending)
+PRIVACY_LEDGER_FOLDER = "consortium_privacy"
 # <workspace>/consortium_trail/exchanges.jsonl: the server's and each site's hash-chained record of every task
 # payload it sent or received (consortium.audit_trail), outside every job folder
 TRAIL_FOLDER = "consortium_trail"
