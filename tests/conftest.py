@@ -12,11 +12,18 @@ from consortium.config import load_site_configs
 REPO = Path(__file__).resolve().parents[1]
 
 
+# what every job states (provisioning/consortium.yaml charter): a purpose of the charter and the agreement's version
+JOB_GOVERNANCE = 'purpose: lesion segmentation research\nagreement: "1.0"\n'
+# the charter's purposes (provisioning/consortium.yaml) the tiny hospitals approved (site config approved_purposes)
+APPROVED_PURPOSES = ("lesion segmentation research", "data quality assessment")
+
+
 def write_site_configs(folder: Path, sites: dict[str, str]) -> Path:
     """Write _defaults.yaml (data under folder/data/<site>) and one YAML per site."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "_defaults.yaml").write_text(
         "data:\n  dir: data/{site}\n  manifest: manifest.csv\n  modality: CT\nresources:\n  num_threads: 1\n"
+        f"approved_purposes: [{', '.join(APPROVED_PURPOSES)}]\n"
     )
     for name, body in sites.items():
         (folder / f"{name}.yaml").write_text(textwrap.dedent(body))

@@ -49,6 +49,8 @@ META_AGGREGATE_ROUND = "aggregate_of_round"  # train task: its params are the si
 META_FINAL_STEP = "final_server_step"  # train task: apply the last step and send the global model; no training
 META_PSEUDO_GRADIENT = "pseudo_gradient"  # train result: its params are w_i - w_t, not a model
 METRIC_MODEL_SHA = "global_model_sha256"  # train result: fingerprint of the global model the site holds
+# train result: what the site's kit approved the job by at deployment ("purpose" or "purpose and job hash")
+META_SITE_APPROVAL = "site_approval"
 
 # Shareable header carrying a site's error text to the server when a task fails there.
 HEADER_SITE_ERROR = "consortium_site_error"

@@ -60,6 +60,9 @@ class Meta:
     ROUND_TIMEOUT = "round_timeout"
     RUN_CHAIN = C.META_RUN_CHAIN  # job ids of one run across resumes
     FEATURE_STATS = C.META_FEATURE_STATS
+    # {purpose, agreement: {id, version}, charter_sha256, job_sha256, approvals: [{site, by}], refusals: [{site,
+    # reason}]}: what the job ran under and who approved or refused it (consortium.governance.record)
+    GOVERNANCE = "governance"
 
 
 class Round:
@@ -143,6 +146,7 @@ class RunMeta(TypedDict, total=False):
     round_timeout: int
     run_chain: list[str]
     feature_stats: dict[str, Any]
+    governance: dict[str, Any]
 
 
 class RoundEntry(TypedDict, total=False):

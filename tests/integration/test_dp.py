@@ -11,6 +11,8 @@ import pytest
 pytestmark = pytest.mark.integration
 
 JOB = """
+purpose: lesion segmentation research
+agreement: "1.0"
 task: seg2d
 rounds: {rounds}
 local_epochs: 1

@@ -13,6 +13,8 @@ pytestmark = pytest.mark.integration
 
 JOB = """
 description: SCAFFOLD with fine-tuning, for the test
+purpose: lesion segmentation research
+agreement: "1.0"
 task: seg2d
 rounds: 2
 local_epochs: 1

@@ -8,11 +8,20 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from consortium.deploy.poc import free_port
 from tests.conftest import REPO
 
 PROJECT_ADMIN = "  - {name: admin@test.org, org: test_ops, role: project_admin}\n"
+
+
+def charter_yaml() -> str:
+    """The repository's charter (provisioning/consortium.yaml), as the `charter:` section of a test consortium."""
+    from consortium.governance.charter import load_charter
+
+    charter = load_charter(REPO / "provisioning" / "consortium.yaml")
+    return yaml.safe_dump({"charter": charter.to_dict()}, sort_keys=False)
 
 
 def write_consortium(path: Path, admins: str = PROJECT_ADMIN) -> Path:
@@ -27,7 +36,7 @@ server: {{name: localhost, org: test_ops, fed_learn_port: {fed}, admin_port: {ad
 admins:
 {admins.rstrip()}
 he: {{poly_modulus_degree: 8192, coeff_mod_bit_sizes: [60, 40, 40], scale_bits: 40}}
-"""
+{charter_yaml()}"""
     )
     return path
 

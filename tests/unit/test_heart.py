@@ -187,7 +187,7 @@ def test_standardise_is_a_checked_job_option(tmp_path):
         (tmp_path / "j/job.yaml").write_text(body)
         with pytest.raises(ConfigError, match=message):
             load_job_spec("j", tmp_path)
-    (tmp_path / "j/job.yaml").write_text("task: heart\n")
+    (tmp_path / "j/job.yaml").write_text('task: heart\npurpose: heart disease prediction research\nagreement: "1.0"\n')
     assert load_job_spec("j", tmp_path).standardise == "federated"  # the heart task's default
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from consortium.config import ConfigError
 from consortium.jobs import JobSpec, available_jobs, export_job, load_job_spec
-from tests.conftest import REPO
+from tests.conftest import JOB_GOVERNANCE, REPO
 
 
 def test_repository_jobs_load_and_export_clean(tmp_path):
@@ -31,7 +31,7 @@ def test_repository_jobs_load_and_export_clean(tmp_path):
 
 def test_variant_states_only_differences(tmp_path):
     (tmp_path / "base").mkdir()
-    (tmp_path / "base/job.yaml").write_text("task: seg2d\nrounds: 4\nlr: 0.01\n")
+    (tmp_path / "base/job.yaml").write_text("task: seg2d\nrounds: 4\nlr: 0.01\n" + JOB_GOVERNANCE)
     (tmp_path / "fast").mkdir()
     (tmp_path / "fast/job.yaml").write_text("base: base\nrounds: 1\n")
     spec = load_job_spec("fast", tmp_path)
@@ -110,6 +110,7 @@ def test_spec_holds_typed_settings_after_load(tmp_path):
     (tmp_path / "j").mkdir()
     (tmp_path / "j/job.yaml").write_text(
         "he: {encrypt_layers: ['^model\\.2\\.']}\ndp_update: {clip_norm: 1, delta: 1e-5, noise_multiplier: 0.5}\n"
+        + JOB_GOVERNANCE
     )
     spec = load_job_spec("j", tmp_path)
     assert spec.he.encrypt_layers == ("^model\\.2\\.",) and isinstance(spec.dp_update, DPUpdateSettings)

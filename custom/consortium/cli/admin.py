@@ -8,7 +8,7 @@ from consortium.cli.deploy import admin_session, poc_paths
 def cmd_status(args) -> int:
     from nvflare.fuel.flare_api.api_spec import AuthorizationError
 
-    from consortium.deploy.admin import running_jobs, site_errors
+    from consortium.deploy.admin import refusal_lines, running_jobs, site_errors
 
     with admin_session(args) as sess:
         info = sess.get_system_info()
@@ -25,6 +25,8 @@ def cmd_status(args) -> int:
         # site errors of the running jobs and of the latest job only: one log read each, not one per job ever run
         latest = sorted(jobs, key=lambda j: j.get("submit_time", ""))[-1:]
         for job_id in dict.fromkeys(running + [j["job_id"] for j in latest]):
+            for line in refusal_lines(sess.get_job_meta(job_id)):  # e.g. a hospital's charter gate said no
+                print(f"job {job_id}: {line}")
             try:
                 errors = site_errors(sess, job_id)
             except AuthorizationError:  # e.g. a member, or a lead looking at another's job: no right get_job_log

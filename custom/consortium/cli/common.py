@@ -25,6 +25,49 @@ def sites(args) -> dict:
     return found
 
 
+def charter(args):
+    """The charter of the consortium definition (--consortium): what every job is checked against."""
+    from consortium.governance.charter import load_charter
+
+    return load_charter(args.consortium)
+
+
+def job_spec(args, name: str | None = None):
+    """The job `name` (default: the command's job) from --jobs, checked against the charter."""
+    from consortium.jobs import load_job_spec
+
+    return load_job_spec(name or args.job, args.jobs, charter=charter(args))
+
+
+def gate(args, chosen: dict, props: dict, *, min_clients: int, export=None) -> tuple[dict, list]:
+    """The simulator deploys nothing, so its hospitals' kits cannot refuse a job: here each chosen site config
+    decides as its kit would (governance/gate.py); the refusals are printed. Returns (the approving sites, every
+    decision); fewer approving sites than `min_clients` is a ConfigError. `export()`: the exported job folder
+    (only made when a site approves exact jobs)."""
+    from consortium.governance.gate import decide
+    from consortium.governance.jobhash import app_files_from_dir, site_app
+
+    cache: dict = {}
+
+    def files():
+        if "files" not in cache:
+            cache["files"] = app_files_from_dir(site_app(export()))
+        return cache["files"]
+
+    the_charter = charter(args)
+    decisions = [decide(name, cfg, the_charter, props, files) for name, cfg in chosen.items()]
+    for d in decisions:
+        if not d.approved:
+            print(f"  {d.site} refuses the job: {d.reason}")
+    kept = {d.site: chosen[d.site] for d in decisions if d.approved}
+    if len(kept) < min_clients:
+        raise ConfigError(
+            f"only {len(kept)} of {len(chosen)} site(s) approve this job ({', '.join(kept) or 'none'}), fewer than "
+            f"its min_clients {min_clients}: it would end at deployment. The refusals are above"
+        )
+    return kept, decisions
+
+
 def echo_filtered(stream, log_file) -> None:
     """Copy the simulator's output to a log file; show only progress lines, site results and errors."""
     for line in stream:

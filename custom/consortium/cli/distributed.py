@@ -90,10 +90,14 @@ def cmd_site_request(args) -> int:
 
 
 def cmd_site_package(args) -> int:
+    from consortium.governance.charter import check_site_approvals, load_charter
+
     cfg, folder = _site_cfg(args), _site_dir(args)
+    charter = load_charter(args.consortium)  # the consortium's charter into the kit; the site's approvals fit it
+    check_site_approvals(charter, {cfg.name: cfg})
     kit = D.package(Path(args.signed_zip), folder / "request", fingerprint=args.fingerprint,
                     workspace=folder / "kits", force=args.force)  # fmt: skip
-    D.write_site_policies(kit, cfg)
+    D.write_site_policies(kit, cfg, charter=charter)
     print(f"kit of {cfg.name}: {kit} (root CA fingerprint checked; site policies in local/)")
     print(
         f"HE: install the consortium key with `consortium site he-unseal` (or he-keygen), then {kit}/startup/start.sh"

@@ -11,10 +11,11 @@ from consortium.argtypes import positive_int
 
 
 def cmd_run(args) -> int:
+    from consortium.cli.common import charter, job_spec
     from consortium.config import load_site_configs, require_data_dirs
     from consortium.deploy.netlab import SERVER_NAME, Lab, NetlabError, check_host, links, on_sigterm
     from consortium.deploy.netlab_run import provision, run_link, table
-    from consortium.jobs import export_job, load_job_spec
+    from consortium.jobs import export_job
 
     check_host()
     on_sigterm()
@@ -35,10 +36,10 @@ def cmd_run(args) -> int:
     kit_env = dict(e.split("=", 1) for e in args.kit_env)
     sites = load_site_configs(args.site_configs)
     require_data_dirs(sites)
-    spec = load_job_spec(args.job, args.jobs)
+    spec = job_spec(args)
     spec = spec.with_overrides(Path(args.jobs) / args.job, rounds=args.rounds, round_timeout=args.round_timeout)
     lab = Lab(Path(args.workspace).resolve() / "netlab" / f"cl{os.getpid()}", list(sites))
-    job = export_job(spec, lab.root / "jobs")
+    job = export_job(spec, lab.root / "jobs", charter=charter(args))
     env = {**os.environ, "HOME": str(lab.root / "home" / "provision")}
     (lab.root / "home" / "provision").mkdir(parents=True, exist_ok=True)
     prod, consortium = provision(lab.root, consortium=Path(args.consortium), site_configs=Path(args.site_configs),

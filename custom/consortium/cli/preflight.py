@@ -13,12 +13,19 @@ from consortium.stats.features import PREFLIGHT_JOB
 
 def cmd_simulate_preflight(args) -> int:
     """The pre-flight in the FLARE simulator, one client per site config; results in RUNS/preflight/."""
+    from consortium.cli.common import charter, gate
     from consortium.config import require_data_dirs
-    from consortium.stats.job import simulator_stats_file
+    from consortium.governance.props import job_props
+    from consortium.stats.job import PURPOSE, check_charter, export_preflight_job, simulator_stats_file
     from consortium.stats.results import write_results
 
     chosen = sites(args)
     require_data_dirs(chosen)
+    the_charter = charter(args)
+    check_charter(the_charter)
+    props = job_props(PURPOSE, the_charter.agreement.version, the_charter)
+    job_dir = Path(args.runs) / PREFLIGHT_JOB / "job"
+    chosen, _ = gate(args, chosen, props, min_clients=1, export=lambda: export_preflight_job(job_dir, the_charter))
     out = Path(args.runs) / PREFLIGHT_JOB
     workspace = out / "workspace"
     shutil.rmtree(workspace, ignore_errors=True)
@@ -41,14 +48,15 @@ def cmd_simulate_preflight(args) -> int:
 
 def cmd_submit_preflight(args) -> int:
     """The pre-flight on the running consortium through the FLARE admin API; results in RUNS/preflight/."""
+    from consortium.cli.common import charter
     from consortium.cli.deploy import admin_session
-    from consortium.cli.submit import follow_job
+    from consortium.cli.submit import follow_job, submit_folder
     from consortium.stats.job import export_preflight_job
     from consortium.stats.results import download_results
 
     with admin_session(args) as sess:
-        folder = export_preflight_job(Path(args.workspace) / "jobs")
-        job_id = sess.submit_job(str(folder.resolve()))
+        folder = export_preflight_job(Path(args.workspace) / "jobs", charter(args))
+        job_id = submit_folder(sess, folder)
         print(f"submitted job '{PREFLIGHT_JOB}' as {job_id}")
         if args.no_wait:
             return 0

@@ -10,19 +10,22 @@ from dataclasses import replace
 from pathlib import Path
 
 from consortium import constants as C
-from consortium.cli.common import BROKEN_PIPE, run_worker, sites
+from consortium.cli.common import BROKEN_PIPE, charter, gate, job_spec, run_worker, sites
 from consortium.stats.features import PREFLIGHT_JOB as PREFLIGHT
 
 
 def cmd_simulate(args) -> int:
+    from consortium import runrecord as R
     from consortium.config import require_data_dirs
-    from consortium.jobs import load_job_spec
+    from consortium.governance.props import job_props
+    from consortium.governance.record import simulated
+    from consortium.jobs import export_job
 
     if args.job == PREFLIGHT:  # FLARE's federated statistics, not a training job
         from consortium.cli.preflight import cmd_simulate_preflight
 
         return cmd_simulate_preflight(args)
-    spec = load_job_spec(args.job, args.jobs).with_overrides(
+    spec = job_spec(args).with_overrides(
         Path(args.jobs) / args.job, rounds=args.rounds, local_epochs=args.local_epochs, seed=args.seed, lr=args.lr,
         standardise=args.standardise, round_timeout=args.round_timeout, pretrained=args.pretrained)  # fmt: skip
     chosen = sites(args)
@@ -33,6 +36,9 @@ def cmd_simulate(args) -> int:
     workspace = out / "workspace"
     shutil.rmtree(workspace, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
+    props = job_props(spec.purpose, spec.agreement, charter(args))
+    chosen, decisions = gate(args, chosen, props, min_clients=spec.min_clients,
+                             export=lambda: export_job(spec, out / "job", charter=charter(args)))  # fmt: skip
     print(f"simulating job '{spec.name}': {spec.rounds} rounds x {spec.round_budget} at {', '.join(chosen)}")
     start = time.perf_counter()
     worker = [sys.executable, "-m", "consortium.cli", "_simulate-worker", json.dumps(spec.to_dict()), ",".join(chosen),
@@ -48,6 +54,9 @@ def cmd_simulate(args) -> int:
     for name in (C.METRICS_FILE, C.GLOBAL_MODEL_FILE, C.CROSS_SITE_FILE):
         if (run_dir / name).exists():
             shutil.copy2(run_dir / name, out / name)
+    record = R.read(out)  # the decisions the simulated sites took (no kit deployed the job to refuse it)
+    record[R.META][R.Meta.GOVERNANCE] = simulated(props, decisions)
+    R.write(out, record)
     from consortium.cli.results import finish_run
 
     key = workspace / "startup" / "client_context.tenseal", "the simulated hospitals' key"
@@ -72,9 +81,8 @@ def cmd_simulate_worker(args) -> int:
 
 def cmd_baseline(args) -> int:
     from consortium.baselines import run_baselines
-    from consortium.jobs import load_job_spec
 
-    spec = load_job_spec(args.job, args.jobs).with_overrides(Path(args.jobs) / args.job, rounds=args.rounds)
+    spec = job_spec(args).with_overrides(Path(args.jobs) / args.job, rounds=args.rounds)
     result = run_baselines(spec, sites(args), kind=args.kind)
     out = Path(args.runs) / "baselines"
     out.mkdir(parents=True, exist_ok=True)

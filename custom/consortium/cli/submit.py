@@ -11,20 +11,21 @@ from consortium.stats.features import PREFLIGHT_JOB
 
 
 def cmd_submit(args) -> int:
+    from consortium.cli.common import charter, job_spec
     from consortium.deploy.admin import download as download_results
-    from consortium.jobs import export_job, load_job_spec
+    from consortium.jobs import export_job
 
     if args.job == PREFLIGHT_JOB:  # FLARE's federated statistics, not a training job
         from consortium.cli.preflight import cmd_submit_preflight
 
         return cmd_submit_preflight(args)
-    spec = load_job_spec(args.job, args.jobs).with_overrides(
+    spec = job_spec(args).with_overrides(
         Path(args.jobs) / args.job, rounds=args.rounds, round_timeout=args.round_timeout,
         pretrained=getattr(args, "pretrained", None))  # fmt: skip
     with admin_session(args) as sess:
         resume_from = resume_target(sess, spec.name, args.resume) if args.resume else ""
-        folder = export_job(spec, Path(args.workspace) / "jobs", resume_from=resume_from)
-        job_id = sess.submit_job(str(folder.resolve()))
+        folder = export_job(spec, Path(args.workspace) / "jobs", resume_from=resume_from, charter=charter(args))
+        job_id = submit_folder(sess, folder)
         print(f"submitted job '{spec.name}' as {job_id}" + (f", continuing job {resume_from}" if resume_from else ""))
         if args.no_wait:
             return 0
@@ -32,6 +33,18 @@ def cmd_submit(args) -> int:
             return 1
         out = download_results(sess, job_id, Path(args.runs) / spec.name)
     return finish_run(out, key=_hospital_key(args))
+
+
+def submit_folder(sess, folder: Path) -> str:
+    """Submit an exported job folder; a job the server refuses (its charter check) is an AdminError with why."""
+    from nvflare.fuel.flare_api.api_spec import InvalidJobDefinition
+
+    from consortium.deploy.admin import AdminError
+
+    try:
+        return sess.submit_job(str(folder.resolve()))
+    except InvalidJobDefinition as exc:
+        raise AdminError(f"the server refused job {folder.name}: {exc}") from None
 
 
 def _hospital_key(args):
@@ -49,15 +62,19 @@ def _hospital_key(args):
 
 def follow_job(sess, job_id: str, timeout: float) -> bool:
     """Follow a submitted job to its end, printing its progress; True if it completed, else print why not."""
-    from consortium.deploy.admin import follow, site_errors
+    from consortium.deploy.admin import follow, refusal_lines, site_errors
 
-    start = time.perf_counter()
-    status = follow(sess, job_id, timeout=timeout)
+    start, refused = time.perf_counter(), set()
+    status = follow(sess, job_id, timeout=timeout, shown_refusals=refused)
     print(f"job {job_id}: {status} after {time.perf_counter() - start:.0f} s")
     if status == "FINISHED:COMPLETED":
         return True
-    for line in sess.get_job_meta(job_id).get("job_deploy_detail") or []:
-        if not line.endswith(": OK"):
+    meta = sess.get_job_meta(job_id)
+    for line in refusal_lines(meta):
+        if line not in refused:
+            print(f"  {line}")
+    for line in meta.get("job_deploy_detail") or []:
+        if not line.endswith(": OK") and ": " not in line:  # the sites' own lines: above
             print(f"  deploy: {line}")
     for line in site_errors(sess, job_id):
         print(f"  {line}")

@@ -140,3 +140,30 @@ def _label_map(value) -> dict:
     return out
 
 
+
+
+def _phrases(value) -> tuple[str, ...]:
+    """A list of phrases on one line each (a hospital's approved purposes), none twice."""
+    if not isinstance(value, (list, tuple)):
+        raise ValueError("expected a list, e.g. [lesion segmentation research]")
+    out = []
+    for item in value:
+        if not isinstance(item, str) or not item.strip() or "\n" in item:
+            raise ValueError(f"{item!r} is not a phrase on one line")
+        if " ".join(item.split()) in out:
+            raise ValueError(f"{item!r} is listed twice")
+        out.append(" ".join(item.split()))
+    return tuple(out)
+
+
+def _job_hashes(value) -> tuple[str, ...]:
+    """A list of job hashes (SHA-256, 64 hex digits) as `consortium job hash NAME` prints them."""
+    if not isinstance(value, (list, tuple)):
+        raise ValueError("expected a list of job hashes (`consortium job hash NAME` prints one)")
+    out = []
+    for item in value:
+        text = str(item).strip().lower()
+        if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+            raise ValueError(f"{item!r} is not a job hash (64 hex digits; `consortium job hash NAME` prints one)")
+        out.append(text)
+    return tuple(dict.fromkeys(out))

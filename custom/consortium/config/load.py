@@ -12,11 +12,13 @@ from consortium.config.convert import (
     _fail,
     _finite,
     _fraction,
+    _job_hashes,
     _label_map,
     _merge,
     _non_negative,
     _open_fraction,
     _optional_positive,
+    _phrases,
     _positive,
     _radius,
     _roles,
@@ -47,7 +49,7 @@ def parse_site_config(raw: dict, source: Path) -> SiteConfig:
         raise _fail(source, "site", f"'{name}' differs from the file name", f"Rename the file to {name}.yaml.")
     if not SITE_NAME_RE.match(name):
         raise _fail(source, "site", f"'{name}' is not a valid FLARE site name", "Use letters, digits, '-', '_'.")
-    known = {"org", "data", "resources", "synthetic", "authorization", "privacy"}
+    known = {"org", "data", "resources", "synthetic", "authorization", "privacy", "approved_purposes", "approved_jobs"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise _fail(source, unknown[0], "unknown key", f"Allowed top-level keys: site, {', '.join(sorted(known))}.")
@@ -91,6 +93,13 @@ def parse_site_config(raw: dict, source: Path) -> SiteConfig:
             "max_clip_norm": _optional_positive,
         },
     )
+    approvals = {}
+    for key, conv in (("approved_purposes", _phrases), ("approved_jobs", _job_hashes)):
+        try:
+            approvals[key] = conv(raw[key] if raw.get(key) is not None else [])
+        except ValueError as exc:
+            fix = "See docs/deployment.md#governance."
+            raise _fail(source, key, f"invalid value {raw[key]!r} ({exc})", fix) from None
     synthetic = None
     if raw.get("synthetic") is not None:
         synthetic = _build(
@@ -119,6 +128,7 @@ def parse_site_config(raw: dict, source: Path) -> SiteConfig:
         source=source,
         authorization=authorization,
         privacy=privacy,
+        **approvals,
     )
 
 
@@ -138,6 +148,9 @@ def site_config_dict(cfg: SiteConfig) -> dict:
     auth = asdict(cfg.authorization)
     out["authorization"] = {**auth, "submit_roles": list(auth["submit_roles"])}
     out["privacy"] = asdict(cfg.privacy)
+    out["approved_purposes"] = list(cfg.approved_purposes)
+    if cfg.approved_jobs:
+        out["approved_jobs"] = list(cfg.approved_jobs)
     if cfg.synthetic is not None:
         syn = asdict(cfg.synthetic)
         out["synthetic"] = {**syn, "lesion_radius": list(syn["lesion_radius"])}

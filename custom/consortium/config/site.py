@@ -96,6 +96,10 @@ class SiteConfig:
     source: Path
     authorization: AuthorizationConfig = AuthorizationConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    # governance (docs/deployment.md#governance): the charter's purposes this hospital approved, and optionally the
+    # exact jobs (`consortium job hash NAME`); its kit refuses every other job when it is deployed there
+    approved_purposes: tuple[str, ...] = ()
+    approved_jobs: tuple[str, ...] = ()
 
     @property
     def manifest_path(self) -> Path:

@@ -83,11 +83,27 @@ def site_errors(sess, job_id: str) -> list[str]:
     return _lines(sess.get_job_logs(job_id, target="server"), C.SITE_ERROR_MARKER)
 
 
-def follow(sess, job_id: str, *, timeout: float, log=print, poll: float = 3.0) -> str:
-    """Print the server's per-round progress lines while the job runs; return its final status."""
+def refusal_lines(meta: dict) -> list[str]:
+    """The sites that refused (or failed) the job's deployment and why, from FLARE's job_deploy_detail: e.g. a
+    hospital's charter gate (governance/gate.py) or authorization policy."""
+    from consortium.governance.record import DEPLOY_DETAIL, deploy_outcome
+
+    _, refusals = deploy_outcome(meta.get(DEPLOY_DETAIL))
+    return [f"{r['site']} refused the job at deployment: {r['reason']}" for r in refusals]
+
+
+def follow(sess, job_id: str, *, timeout: float, log=print, poll: float = 3.0, shown_refusals=None) -> str:
+    """Print the sites' refusals at deployment and the server's per-round progress lines while the job runs;
+    return its final status. `shown_refusals` (a set) collects the refusal lines printed."""
     shown, deadline = 0, time.time() + timeout
+    refused = set() if shown_refusals is None else shown_refusals
     while True:
-        status = sess.get_job_meta(job_id).get("status", "")
+        meta = sess.get_job_meta(job_id)
+        status = meta.get("status", "")
+        for line in refusal_lines(meta):
+            if line not in refused:
+                refused.add(line)
+                log("  " + line)
         try:
             lines = _lines(sess.get_job_logs(job_id, target="server"), "[progress]")
         except Exception:  # the log store may not have the job yet

@@ -90,21 +90,23 @@ def find_kit(folder: Path, name: str) -> Path:
     return kits[-1]
 
 
-def write_site_policies(kit: Path, cfg) -> None:
-    """The hospital's own policies into its kit's local/, exactly as the central kit builder writes them."""
+def write_site_policies(kit: Path, cfg, *, charter=None) -> None:
+    """The hospital's own policies into its kit's local/, exactly as the central kit builder writes them (with
+    the consortium definition's `charter`)."""
     from consortium.deploy.kit_builder import write_site_local
 
-    write_site_local(str(kit / "local"), cfg)
+    write_site_local(str(kit / "local"), cfg, charter=charter)
 
 
-def write_server_policies(kit: Path, storage_root: Path, *, heartbeat_timeout: int = 60) -> None:
+def write_server_policies(kit: Path, storage_root: Path, *, heartbeat_timeout: int = 60, charter=None) -> None:
     """The server kit's local/ as the central kit builder writes it (allow-list, job storage, heartbeat
     timeout) and the consortium's roles (deploy/roles.py) for hospitals not known yet: the default site
     config's submit_roles. The distributed flow issues no project_admin; the consortium's lead admin follows
     its own jobs through the server's log (get_job_log n:submitter)."""
     from consortium.deploy.kit_builder import write_server_local
 
-    write_server_local(str(kit / "local"), storage_root=str(storage_root), heartbeat_timeout=heartbeat_timeout)
+    write_server_local(str(kit / "local"), storage_root=str(storage_root), heartbeat_timeout=heartbeat_timeout,
+                       charter=charter)  # fmt: skip
 
 
 def init(defn: ConsortiumDef, consortium_dir: Path) -> dict:
@@ -134,5 +136,6 @@ def init(defn: ConsortiumDef, consortium_dir: Path) -> dict:
         kit = package(Path(signed["signed_zip"]), folder, fingerprint=ca["rootca_fingerprint_sha256"],
                       workspace=consortium_dir / "kits")  # fmt: skip
         kits[participant["name"]] = kit
-    write_server_policies(kits[defn.server_name], consortium_dir / "storage", heartbeat_timeout=defn.heartbeat_timeout)
+    write_server_policies(kits[defn.server_name], consortium_dir / "storage", heartbeat_timeout=defn.heartbeat_timeout,
+                          charter=defn.charter)  # fmt: skip
     return {"fingerprint": ca["rootca_fingerprint_sha256"], "kits": kits}

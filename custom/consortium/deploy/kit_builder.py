@@ -15,6 +15,8 @@ from consortium.audit_trail.install import with_trail
 from consortium.config import SiteConfig, load_site_configs, site_config_dict
 from consortium.deploy.policy import with_allow_list
 from consortium.deploy.roles import default_server_policy, server_policy, site_policy
+from consortium.governance.charter import Charter, parse_charter, write_kit_charter
+from consortium.governance.gate import GATE_COMPONENT, SUBMIT_CHECK_COMPONENT
 
 
 def authorization_policy(cfg: SiteConfig) -> dict:
@@ -96,33 +98,46 @@ def _write_json(path: str, data: dict) -> None:
 class ConsortiumKitBuilder(Builder):
     """Writes site policies into every kit; must run after StaticFileBuilder and before SignatureBuilder."""
 
-    def __init__(self, site_configs: str, storage_root: str, heartbeat_timeout: int = 60):
+    def __init__(self, site_configs: str, storage_root: str, heartbeat_timeout: int = 60, charter: dict | None = None):
         self.site_configs = site_configs
         self.storage_root = storage_root
         self.heartbeat_timeout = heartbeat_timeout
+        self.charter = charter  # the consortium definition's charter (Charter.to_dict())
 
     def build(self, project: Project, ctx: ProvisionContext):
         sites = load_site_configs(self.site_configs)
         clients = {p.name for p in project.get_clients()}
         if clients != set(sites):
             raise ValueError(f"project clients {sorted(clients)} differ from site configs {sorted(sites)}")
+        charter = parse_charter(self.charter, "consortium.yaml") if self.charter is not None else None
         write_server_local(
             ctx.get_local_dir(project.get_server()),
             storage_root=self.storage_root,
             heartbeat_timeout=self.heartbeat_timeout,
             authorization=server_policy(sites),
+            charter=charter,
         )
         for admin in project.get_admins():
             _fast_admin_login(os.path.join(ctx.get_kit_dir(admin), "fed_admin.json"))
+            if charter is not None:  # every kit carries the charter (admin kits are not signed by FLARE)
+                write_kit_charter(os.path.join(ctx.get_local_dir(admin), C.KIT_SITE_CONFIG_FOLDER), charter)
         for client in project.get_clients():
-            write_site_local(ctx.get_local_dir(client), sites[client.name])
+            write_site_local(ctx.get_local_dir(client), sites[client.name], charter=charter)
+
+
+def _with_component(resources: dict, component: dict) -> dict:
+    """`resources` with `component` among its components (replacing one of the same id)."""
+    kept = [c for c in resources.get("components", []) if c.get("id") != component["id"]]
+    resources["components"] = kept + [dict(component)]
+    return resources
 
 
 REJOIN_COMPONENT = {"id": "rejoin_running_jobs", "path": "consortium.deploy.rejoin.RejoinRunningJobs", "args": {}}
 
 
 def write_server_local(
-    local: str, *, storage_root: str, heartbeat_timeout: int, authorization: dict | None = None
+    local: str, *, storage_root: str, heartbeat_timeout: int, authorization: dict | None = None,
+    charter: Charter | None = None,
 ) -> dict:
     """The server kit's local/resources.json (and .default): the allow-list with `consortium.`, job storage
     inside the consortium workspace, the heartbeat timeout after which a silent site is dropped, and reliable
@@ -139,6 +154,10 @@ def write_server_local(
     # and in every server job process, which is why it is a component of resources.json
     components = [c for c in resources.setdefault("components", []) if c.get("id") != REJOIN_COMPONENT["id"]]
     resources["components"] = components + [dict(REJOIN_COMPONENT)]
+    # the charter (governance/): its file in the kit, and the check that refuses at submission what it refuses
+    _with_component(resources, SUBMIT_CHECK_COMPONENT)
+    if charter is not None:
+        write_kit_charter(os.path.join(local, C.KIT_SITE_CONFIG_FOLDER), charter)
     for name in ("resources.json", "resources.json.default"):  # `poc prepare` rewrites the first from the second
         _write_json(os.path.join(local, name), resources)
     _write_comm_config(local)
@@ -150,10 +169,13 @@ def write_server_local(
     return resources
 
 
-def write_site_local(local: str, cfg: SiteConfig) -> None:
-    """A hospital kit's local/: resources (allow-list), authorization and privacy policies, reliable streaming,
-    its site config."""
-    _write_json(os.path.join(local, "resources.json"), _resources(local))
+def write_site_local(local: str, cfg: SiteConfig, *, charter: Charter | None = None) -> None:
+    """A hospital kit's local/: resources (allow-list; the charter gate as FLARE's app deployer), authorization and
+    privacy policies, reliable streaming, its site config and the consortium's charter. Without a charter the
+    gate refuses every job (it has nothing to check them against)."""
+    resources = _with_component(_resources(local), GATE_COMPONENT)  # governance/gate.py: the site decides
+    for name in ("resources.json", "resources.json.default"):
+        _write_json(os.path.join(local, name), resources)
     for name in ("authorization.json", "authorization.json.default"):  # no other policy beside the site's own
         _write_json(os.path.join(local, name), authorization_policy(cfg))
     _write_json(os.path.join(local, "privacy.json"), privacy_policy(cfg))
@@ -163,3 +185,5 @@ def write_site_local(local: str, cfg: SiteConfig) -> None:
     with open(os.path.join(folder, f"{cfg.name}.yaml"), "w") as f:
         f.write(f"# {cfg.name}'s resolved site config, from {cfg.source.name} at provisioning time.\n")
         yaml.safe_dump(site_config_dict(cfg), f, sort_keys=False)
+    if charter is not None:
+        write_kit_charter(folder, charter)

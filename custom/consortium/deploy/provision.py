@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from consortium.config import ORG_RE, ROLES, ConfigError, SiteConfig, read_yaml_mapping
+from consortium.governance.charter import Charter, check_site_approvals, parse_charter
 
 HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
 EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
@@ -40,6 +41,7 @@ class ConsortiumDef:
     he: dict | None
     source: Path
     heartbeat_timeout: int = 60  # seconds of silence after which the server drops a site
+    charter: Charter | None = None  # purposes, forbidden uses, data-sharing agreement (governance/charter.py)
 
 
 def _port(value, source, field) -> int:
@@ -54,7 +56,7 @@ def load_consortium(path: str | Path) -> ConsortiumDef:
     if not path.is_file():
         raise ConfigError(f"consortium definition {path} not found (expected provisioning/consortium.yaml)")
     raw = read_yaml_mapping(path)
-    known = {"project", "description", "server", "admins", "he"}
+    known = {"project", "description", "server", "admins", "he", "charter"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{path}: field '{unknown[0]}': unknown key. Allowed: {', '.join(sorted(known))}")
@@ -79,6 +81,7 @@ def load_consortium(path: str | Path) -> ConsortiumDef:
         he=raw.get("he"),
         source=path,
         heartbeat_timeout=_heartbeat(server.get("heartbeat_timeout", 60), path),
+        charter=parse_charter(raw.get("charter"), path),
     )
 
 
@@ -158,6 +161,8 @@ def project_dict(
     """FLARE's api_version 3 project: server, one client per site config, admins, builders (signature last).
     Raises ConfigError if an admin's org is no participant's (check_admin_orgs)."""
     check_admin_orgs(defn, sites)
+    if defn.charter is not None:  # a hospital approves only the charter's purposes, never a forbidden use
+        check_site_approvals(defn.charter, sites)
     fed_port, admin_port = ports or (defn.fed_learn_port, defn.admin_port)
     server = {"name": defn.server_name, "type": "server", "org": defn.server_org}
     server.update({"fed_learn_port": fed_port, "admin_port": admin_port})
@@ -173,6 +178,8 @@ def project_dict(
         builders.append({"path": "nvflare.lighter.impl.he.HEBuilder", "args": dict(defn.he)})
     kit = {"site_configs": str(Path(site_configs).resolve()), "storage_root": str(Path(storage_root).resolve())}
     kit["heartbeat_timeout"] = defn.heartbeat_timeout
+    if defn.charter is not None:  # into every kit, under its signature
+        kit["charter"] = defn.charter.to_dict()
     builders.append({"path": "consortium.deploy.kit_builder.ConsortiumKitBuilder", "args": kit})
     builders.append({"path": "nvflare.lighter.impl.signature.SignatureBuilder"})  # signs what the others wrote
     return {

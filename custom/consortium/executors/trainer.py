@@ -25,6 +25,7 @@ from consortium.executors.server_step import SiteServerStep
 from consortium.executors.site_budget import JobBudget
 from consortium.executors.site_models import SiteModels
 from consortium.executors.training import Site, local_training
+from consortium.governance.gate import approval_meta
 from consortium.jobs.spec import JOB_DEFAULTS
 from consortium.privacy import ledger
 from consortium.privacy.budget import BudgetRefused
@@ -254,6 +255,7 @@ class SiteTrainer(SiteModels, Executor):
                 FLMetaKey.NUM_STEPS_CURRENT_ROUND: self._weight(result.steps),
                 **({C.META_PSEUDO_GRADIENT: True} if self._server_step is not None else {}),
                 **self.training.report(),  # the site's PrivacyGuard (local/privacy.json) checks these
+                **approval_meta(fl_ctx),  # what this site's kit approved the job by (governance/gate.py)
             },
         )
         return FLModelUtils.to_shareable(out)

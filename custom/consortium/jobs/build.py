@@ -35,10 +35,12 @@ def build_job(spec: JobSpec, *, stream_logs: bool = True, resume_from: str = "")
     from consortium.aggregators.weighted import WeightedAverage
     from consortium.executors.trainer import SiteTrainer
     from consortium.filters.he import HEDecryptModel, HEEncryptUpdate
+    from consortium.governance.props import meta_props
     from consortium.workflows.cross_site import ConsortiumCrossSiteEval
     from consortium.workflows.fedavg import ConsortiumFedAvg
 
-    job = FedJob(name=spec.name, min_clients=spec.min_clients)
+    # the job's purpose and agreement in its meta (custom_props), which every site's kit checks at deployment
+    job = FedJob(name=spec.name, min_clients=spec.min_clients, meta_props=meta_props(spec.purpose, spec.agreement))
     job.set_app_packages(["consortium"])  # sites run the reviewed, installed package: ship no custom code
     feature_stats_id = ""
     if spec.standardise == "federated":  # FLARE's federated statistics first: the features' global mean/std
@@ -143,10 +145,15 @@ def _pretrained_args(job, spec: JobSpec) -> dict:
     return {"pretrained": Path(spec.pretrained).name, "pretrained_sha256": sha256(Path(spec.pretrained))}
 
 
-def export_job(spec: JobSpec, out_dir: str | Path, *, resume_from: str = "") -> Path:
-    """Write the submit-ready FLARE job folder (meta.json + app configs) to `out_dir/<name>`."""
+def export_job(spec: JobSpec, out_dir: str | Path, *, resume_from: str = "", charter=None) -> Path:
+    """Write the submit-ready FLARE job folder (meta.json + app configs) to `out_dir/<name>`; its meta declares the
+    job's purpose and agreement (with the consortium's `charter`: the agreement's id and the charter's hash) and
+    its job hash (governance/jobhash.py)."""
+    from consortium.governance.props import job_props, seal
+
     out_dir = Path(out_dir)
     build_job(spec, resume_from=resume_from).export_job(str(out_dir))
+    seal(out_dir / spec.name, job_props(spec.purpose, spec.agreement, charter))
     return out_dir / spec.name
 
 

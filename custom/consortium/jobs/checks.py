@@ -50,6 +50,25 @@ def validate(spec, source: Path) -> None:
         _validate_server_optimizer(spec, source)
     if spec.pretrained is not None:
         _validate_pretrained(spec, source)
+    _validate_governance(spec, source)
+
+
+def _validate_governance(spec, source: Path) -> None:
+    """Every job states its purpose and agreement version (the charter's check of both: governance/charter.py)."""
+    _refuse_failed(source, [
+        (
+            bool((spec.purpose or "").strip()),
+            "purpose",
+            "missing: every job states what it is for, one of the charter's purposes (provisioning/consortium.yaml "
+            "charter.purposes), e.g. `purpose: lesion segmentation research`",
+        ),
+        (
+            bool((spec.agreement or "").strip()),
+            "agreement",
+            "missing: every job states the version of the data-sharing agreement it runs under "
+            '(provisioning/consortium.yaml charter.agreement.version), e.g. `agreement: "1.0"`',
+        ),
+    ])  # fmt: skip
 
 
 def _refuse_failed(source: Path, checks: list) -> None:

@@ -23,8 +23,9 @@ def available_jobs(jobs_dir: Path) -> list[str]:
     return sorted(p.parent.name for p in Path(jobs_dir).glob(f"*/{JOB_FILE}"))
 
 
-def load_job_spec(name: str, jobs_dir: str | Path) -> JobSpec:
-    """Resolve `jobs/<name>/job.yaml` over its chain of `base` jobs, parse and validate it."""
+def load_job_spec(name: str, jobs_dir: str | Path, charter=None) -> JobSpec:
+    """Resolve `jobs/<name>/job.yaml` over its chain of `base` jobs, parse and validate it; with the consortium's
+    `charter` (governance/charter.py) also its purpose and agreement version against it."""
     jobs_dir = Path(jobs_dir)
     if not (jobs_dir / name / JOB_FILE).is_file():
         known = ", ".join(available_jobs(jobs_dir)) or "none"
@@ -48,4 +49,15 @@ def load_job_spec(name: str, jobs_dir: str | Path) -> JobSpec:
         spec = JobSpec(name=name, **merged)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
-    return spec.validate(source)
+    spec.validate(source)
+    if charter is not None:
+        check_charter(spec, charter, source)
+    return spec
+
+
+def check_charter(spec: JobSpec, charter, source: Path | str) -> None:
+    """The job's purpose is one of the charter's (a typo gets 'did you mean') and its agreement is the charter's."""
+    for field, problem in (("purpose", charter.purpose_problem(spec.purpose)),
+                           ("agreement", charter.agreement_problem(spec.agreement))):  # fmt: skip
+        if problem:
+            raise ConfigError(f"{source}: field '{field}': {problem}")

@@ -43,6 +43,11 @@ class HESettings:
 class JobSpec:
     name: str
     description: str = ""
+    # what the job is for, one of the charter's purposes (provisioning/consortium.yaml charter.purposes), and the
+    # version of the data-sharing agreement it runs under (charter.agreement.version); every job states both and
+    # each hospital's kit checks them against its own approvals (docs/deployment.md#governance)
+    purpose: str | None = None
+    agreement: str | None = None
     task: str = "seg2d"
     rounds: int = 10
     local_epochs: int = 2

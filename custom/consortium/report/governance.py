@@ -13,7 +13,7 @@ EXCHANGES = "Exchanges per site"
 NOT_RECORDED = "not recorded"
 # the run record meta's governance entry (written by the charter's gate): its key and its fields' names
 META_GOVERNANCE = getattr(R.Meta, "GOVERNANCE", "governance")
-FIELDS = ("purpose", "agreement", "charter_sha256", "approvals", "refusals")
+FIELDS = ("purpose", "agreement", "charter_sha256", "job_sha256", "approvals", "refusals")
 
 
 def _text(value) -> str:

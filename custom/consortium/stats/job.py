@@ -41,10 +41,13 @@ MIN_NOISE_LEVEL = 0.1  # local min/max (used for histogram ranges) are moved out
 MAX_NOISE_LEVEL = 0.3
 MAX_BINS_PERCENT = 10  # a histogram is sent only if its bins are fewer than 10 % of the site's values
 RESULT_WAIT_TIMEOUT = 60  # seconds the server waits for the last site's statistics
+# the built-in job's purpose (one of the charter's: provisioning/consortium.yaml); it runs under the agreement in force
+PURPOSE = "data quality assessment"
 
 
-def build_preflight_job(*, stream_logs: bool = True):
-    """The FLARE job of the pre-flight; components are referenced by class path, none is shipped."""
+def build_preflight_job(*, stream_logs: bool = True, agreement: str | None = None):
+    """The FLARE job of the pre-flight; components are referenced by class path, none is shipped. Its meta
+    declares its purpose and `agreement` (the charter's version), which every site's kit checks."""
     from nvflare.app_common.executors.statistics.statistics_executor import StatisticsExecutor
     from nvflare.app_common.filters.statistics_privacy_filter import StatisticsPrivacyFilter
     from nvflare.app_common.statistics.histogram_bins_cleanser import HistogramBinsCleanser
@@ -55,10 +58,11 @@ def build_preflight_job(*, stream_logs: bool = True):
     from nvflare.job_config.api import FedJob
     from nvflare.job_config.defs import FilterType
 
+    from consortium.governance.props import meta_props
     from consortium.jobs import TASK_REQUEST_INTERVAL
     from consortium.stats.imaging import ImagingStatistics
 
-    job = FedJob(name=F.PREFLIGHT_JOB)
+    job = FedJob(name=F.PREFLIGHT_JOB, meta_props=meta_props(PURPOSE, agreement or ""))
     job.set_app_packages(["consortium"])  # sites run the reviewed, installed package
     controller = StatisticsController(
         statistic_configs=STATISTIC_CONFIGS,
@@ -90,9 +94,25 @@ def build_preflight_job(*, stream_logs: bool = True):
     return job
 
 
-def export_preflight_job(out_dir: str | Path) -> Path:
-    """Write the submit-ready FLARE job folder to `out_dir/preflight`."""
-    build_preflight_job().export_job(str(out_dir))
+def check_charter(charter) -> None:
+    """The charter allows the pre-flight's purpose (ConfigError naming the charter's file otherwise)."""
+    from consortium.config import ConfigError
+
+    problem = charter.purpose_problem(PURPOSE)
+    if problem:
+        raise ConfigError(f"the built-in pre-flight job's field 'purpose': {problem}. Add {PURPOSE!r} to the "
+                          "charter's purposes to run it")  # fmt: skip
+
+
+def export_preflight_job(out_dir: str | Path, charter=None) -> Path:
+    """Write the submit-ready FLARE job folder to `out_dir/preflight`, under the consortium's `charter`."""
+    from consortium.governance.props import job_props, seal
+
+    version = charter.agreement.version if charter is not None else ""
+    if charter is not None:
+        check_charter(charter)
+    build_preflight_job(agreement=version).export_job(str(out_dir))
+    seal(Path(out_dir) / F.PREFLIGHT_JOB, job_props(PURPOSE, version, charter))
     return Path(out_dir) / F.PREFLIGHT_JOB
 
 

@@ -115,6 +115,7 @@ class ConsortiumFedAvg(ServerStep, SiteResults, JobEnd, FedAvg):
             model, start = self._initial_model()
         except checkpoint.ResumeError as exc:
             return self._end(str(exc))
+        self._record_governance()
         stats = self._feature_stats()
         if stats is None:
             return self._end("the job's federated statistics gave no global feature statistics (see the server log)")
@@ -157,6 +158,15 @@ class ConsortiumFedAvg(ServerStep, SiteResults, JobEnd, FedAvg):
         if self.train_alone and self._global is not None and not self.abort_signal.triggered:
             self._train_alone()
         self._confirm_lost_sites()
+
+    def _record_governance(self) -> None:
+        """The job's purpose, agreement, charter and who approved or refused it at deployment (governance/)."""
+        from consortium.governance.record import from_server
+
+        try:
+            self._history["meta"]["governance"] = from_server(self.fl_ctx)
+        except Exception as exc:  # the record says so rather than the job failing
+            self.error(f"governance: could not record the job's approvals: {type(exc).__name__}: {exc}")
 
     def _initial_model(self) -> tuple[FLModel, int]:
         if not self.resume_from:

@@ -7,6 +7,7 @@ from nvflare.apis.fl_constant import FLMetaKey
 from nvflare.app_common.abstract.fl_model import FLModel
 
 from consortium import constants as C
+from consortium.governance.record import approved_by
 
 
 class SiteResults:
@@ -43,6 +44,8 @@ class SiteResults:
         except (ValueError, TypeError, KeyError) as exc:  # a malformed update: refused, never a crash
             self._outcome.drop(site, f"update refused by the server: {exc}")
             return False
+        governance = self._history["meta"].get("governance")  # what the site approved the job by (governance/)
+        approved_by(governance, site, (result.meta or {}).get(C.META_SITE_APPROVAL))
         entry = dict(result.metrics or {})
         entry["weight"] = (result.meta or {}).get(FLMetaKey.NUM_STEPS_CURRENT_ROUND)  # aggregation weight (`weighting`)
         self._round_sites[site] = entry
