@@ -14,6 +14,18 @@ def test_model_is_valid_for_opacus():
     assert not any(getattr(m, "inplace", False) for m in model.modules())
 
 
+def test_the_5m_task_is_seg2d_with_a_wider_unet(tiny_sites):
+    """task seg2d_5m (bench/round_overhead.py): seg2d's interface, data and loss, a 4.9 M-parameter UNet of the
+    demo's depth (its sizes, multiples of 8, still fit), valid for Opacus like the demo's."""
+    demo, wide = get_task("seg2d"), get_task("seg2d_5m")
+    assert wide.make_loaders is demo.make_loaders and wide.batch_loss is demo.batch_loss
+    model = wide.build_model()
+    assert sum(v.numel() for v in model.state_dict().values()) == 4_903_315
+    assert ModuleValidator.validate(model, strict=False) == []
+    batch = next(iter(wide.make_loaders(tiny_sites["site-a"], batch_size=2)[0]))
+    assert model(batch["image"]).shape == batch["label"].shape
+
+
 def test_loaders_align_image_and_mask(tiny_sites):
     task = get_task("seg2d")
     _, val, report = task.make_loaders(tiny_sites["site-a"], batch_size=4)

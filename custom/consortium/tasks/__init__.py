@@ -9,7 +9,11 @@ from types import ModuleType
 
 import numpy as np
 
-TASKS = {"seg2d": "consortium.tasks.seg2d", "heart": "consortium.tasks.heart"}
+TASKS = {
+    "seg2d": "consortium.tasks.seg2d",
+    "seg2d_5m": "consortium.tasks.seg2d_5m",  # the same task with a 4.9 M-parameter UNet (benchmarks)
+    "heart": "consortium.tasks.heart",
+}
 # METRIC_NAME names what evaluate() returns (Dice, accuracy) in progress lines, reports and the run record
 REQUIRED = ("METRIC_NAME", "build_model", "make_loaders", "batch_loss", "train", "evaluate")
 # Tabular tasks: values of the job option `standardise` (the first is the default); other tasks have only "none".

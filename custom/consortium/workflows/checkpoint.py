@@ -16,6 +16,15 @@ SAME_SETTINGS = ("task", "algorithm", "rounds", "he", "local_epochs", "lr", "dp_
                  "server_optimizer")  # fmt: skip
 
 
+# The checkpoint is written every round: torch.save's default pickle protocol (2) has no opcode for bytes, so
+# every ciphertext chunk (and numpy array) went through latin-1 text and back, 4x slower to write, 5x slower to
+# read and 1.5x larger (a 4.9 M-parameter model's 160 MB of ciphertext: 15 s vs 3.4 s to save on a loaded
+# 2-core machine). Protocol 4 stores bytes as bytes; load() reads both. The global model file, written once per
+# job, keeps torch's default: torch.load(weights_only=True), the safe way to read a plaintext model, refuses
+# protocol 4.
+PICKLE_PROTOCOL = 4
+
+
 class ResumeError(RuntimeError):
     """The job to resume has no usable checkpoint, or the new job's settings differ from it."""
 
@@ -23,7 +32,7 @@ class ResumeError(RuntimeError):
 def save(run_dir: str, *, params: dict, round_number: int) -> None:
     """Write the checkpoint atomically: a server killed while writing leaves the previous one intact."""
     path = os.path.join(run_dir, C.CHECKPOINT_FILE)
-    torch.save({"round": round_number, "params": dict(params)}, path + ".tmp")
+    torch.save({"round": round_number, "params": dict(params)}, path + ".tmp", pickle_protocol=PICKLE_PROTOCOL)
     os.replace(path + ".tmp", path)
 
 

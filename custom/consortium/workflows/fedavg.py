@@ -27,6 +27,9 @@ from consortium.workflows.server_step import ServerStep
 
 # seconds a site may take to start its job process and load its data before it takes the job's first task
 START_GRACE = 300
+# seconds between the round's checks for the last result: the loop only reads the task's state, so checking
+# often costs nothing, and the round ends within WAIT_POLL of its last result (task_check_period: 0.1 s)
+WAIT_POLL = 0.02
 
 
 class ConsortiumFedAvg(ServerStep, SiteResults, JobEnd, FedAvg):
@@ -134,7 +137,7 @@ class ConsortiumFedAvg(ServerStep, SiteResults, JobEnd, FedAvg):
             self.aggregator.reset_stats()
             self.send_model(task_name=self.task_name, targets=targets, data=model, callback=self._aggregate_one_result)
             if not self._wait_for_round(outcome):
-                return  # aborted
+                return self._keep_global()  # aborted: the last complete round's model is still the job's result
             self._close_round(outcome, time.time() - round_start)
             reason = too_few(outcome, self._min_clients())
             self._history["rounds"][-1]["aggregated"] = reason is None
@@ -144,11 +147,12 @@ class ConsortiumFedAvg(ServerStep, SiteResults, JobEnd, FedAvg):
             self._global = model
             if self.server_optimizer:  # the sites' averaged w_i - w_t, not a model: the next task, not a file
                 self._mark_aggregate(model, self.current_round)
-            else:
-                self.save_model(model)
+            # One write per round: the checkpoint (what a resumed job reads). The global model file holds the same
+            # weights; it is written once the rounds end (below, in _end and on abort), not every round.
             checkpoint.save(self.get_run_dir(), params=model.params, round_number=self.current_round)
             self._history["rounds"][-1].update(self._memory.sample(self.current_round, self.get_run_dir()))
             self._write_history()
+        self._keep_global()
         if self.server_optimizer and self._global is not None and not self.abort_signal.triggered:
             self._global = self._final_server_step(model)  # every site's w_T: the global model
             if self._global is not None:
@@ -238,9 +242,12 @@ class ConsortiumFedAvg(ServerStep, SiteResults, JobEnd, FedAvg):
                 with task.cb_lock:  # no result is being aggregated while the task closes
                     self.cancel_task(task)
                 break
-            time.sleep(self._task_check_period)
-        while self.get_num_standing_tasks():  # the task monitor removes the closed task
-            time.sleep(self._task_check_period)
+            time.sleep(WAIT_POLL)
+        check = getattr(self.communicator, "check_tasks", None)
+        if check is not None:  # remove the closed task now, not at the task monitor's next check
+            check()
+        while self.get_num_standing_tasks():  # else the task monitor removes it
+            time.sleep(WAIT_POLL)
         return True
 
     def _close_round(self, outcome: RoundOutcome, seconds: float) -> None:
@@ -264,8 +271,15 @@ class ConsortiumFedAvg(ServerStep, SiteResults, JobEnd, FedAvg):
             f"{self._history['meta']['metric']} of the model they received: {dice or 'none'}"
         )
 
+    def _keep_global(self) -> None:
+        """Write the global model file (FLARE's save_model) with the model of the job's last complete round, if
+        any; a server-optimizer job's aggregates are not models: it saves the sites' w_T after its last step."""
+        if self._global is not None and not self.server_optimizer:
+            self.save_model(self._global)
+
     def _end(self, reason: str) -> None:
         """Fewer than min_clients sites: stop now, keep the last global model, say why."""
+        self._keep_global()
         self._history["stopped"] = reason
         self._write_history()
         self.info(f"[progress] {reason}")
