@@ -324,6 +324,27 @@ def test_a_charter_file_edited_by_hand_in_a_kit_is_refused_naming_the_file(tmp_p
     assert "its charter gate could not decide" in text and str(path) in text
 
 
+def test_a_decisions_log_edited_by_hand_is_named_by_line_and_stops_further_approvals(tmp_path, exported, charter):
+    """The site's decisions are hash-chained like the audit trail: `consortium audit verify` names an edited record,
+    and a log whose last line is not a record refuses appends, so the gate refuses rather than run unrecorded."""
+    meta = json.loads((exported / "meta.json").read_text())
+    workspace = kit_workspace(tmp_path / "kit", site_cfg(tmp_path), charter)
+    for job in ("job-1", "job-2"):
+        assert not CharterGate().deploy(workspace, job, meta, "app", zipped_app(exported), None)
+    log = tmp_path / "kit" / "consortium_governance" / "decisions.jsonl"
+    lines = log.read_text().splitlines()
+    first = json.loads(lines[0])
+    first["approved"] = False  # rewritten afterwards: "site-a refused job-1"
+    log.write_text("\n".join([json.dumps(first), lines[1]]) + "\n")
+    verify = subprocess.run([sys.executable, "-m", "consortium.cli", "audit", "verify", str(log)], capture_output=True,
+                            text=True)  # fmt: skip
+    assert verify.returncode == 1 and f"{log}: BROKEN at line 1 (seq 0): edited" in verify.stdout, verify.stdout
+    with open(log, "a") as f:
+        f.write('{"seq": 2, "cut')
+    text = CharterGate().deploy(workspace, "job-3", meta, "app", zipped_app(exported), None)
+    assert text.startswith("site-a refuses job fedavg: its decision could not be recorded")
+
+
 # -- kits carry the charter and the gate ------------------------------------------------------------------------
 def test_kits_carry_the_charter_the_gate_and_the_server_check(tmp_path, charter):
     from consortium.deploy.kit_builder import write_server_local, write_site_local

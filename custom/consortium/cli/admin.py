@@ -25,7 +25,11 @@ def cmd_status(args) -> int:
         # site errors of the running jobs and of the latest job only: one log read each, not one per job ever run
         latest = sorted(jobs, key=lambda j: j.get("submit_time", ""))[-1:]
         for job_id in dict.fromkeys(running + [j["job_id"] for j in latest]):
-            for line in refusal_lines(sess.get_job_meta(job_id)):  # e.g. a hospital's charter gate said no
+            try:
+                meta = sess.get_job_meta(job_id)
+            except AuthorizationError:
+                meta = {}
+            for line in refusal_lines(meta):  # e.g. a hospital's charter gate said no
                 print(f"job {job_id}: {line}")
             try:
                 errors = site_errors(sess, job_id)

@@ -8,7 +8,7 @@ a job there, sees the job's meta and the very app bytes it received, and decides
 A refusal is the deployment's error text: FLARE records it in the job's `job_deploy_detail` (admin console
 `list_jobs -d`, `consortium submit` / `status`), runs the job on with the other sites if at least its
 min_clients remain, and ends it FAILED_TO_RUN with every site's reason otherwise. Each decision is appended to
-the site's own `<workspace>/consortium_governance/decisions.jsonl`.
+the site's own hash-chained `<workspace>/consortium_governance/decisions.jsonl` (`consortium audit verify`).
 
 The server kit's SubmitCheck refuses at submission a job the charter itself refuses (no purpose, a purpose
 outside the charter, another agreement version or charter), so the admin learns it before any site is asked."""
@@ -110,18 +110,16 @@ def decide(site: str, cfg, charter, props: dict, files) -> Decision:
 
 
 def write_decision(root: str | Path, decision: Decision, *, job_id: str, props: dict, charter_sha256: str) -> None:
-    """Append the decision to the site's own decisions.jsonl and keep it as <job id>.json (never raises)."""
-    try:
-        folder = Path(root) / DECISIONS_FOLDER
-        folder.mkdir(parents=True, exist_ok=True)
-        entry = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "job": job_id,
-                 **asdict(decision), "purpose": props.get(P.PURPOSE), "agreement": props.get(P.AGREEMENT),
-                 "charter_sha256": charter_sha256}  # fmt: skip
-        with open(folder / DECISIONS_FILE, "a") as f:
-            f.write(json.dumps(entry) + "\n")
-        (folder / f"{os.path.basename(job_id)}.json").write_text(json.dumps(entry, indent=1))
-    except OSError as exc:
-        logger.error(f"charter gate: could not record the decision on job {job_id}: {exc}")
+    """Append the decision to the site's own decisions.jsonl, hash-chained like the audit trail (so `consortium
+    audit verify` names a record edited by hand), then keep it as <job id>.json. Raises OSError or
+    chain.TrailError (a ValueError) if it cannot be recorded."""
+    from consortium.audit_trail import chain
+
+    folder = Path(root) / DECISIONS_FOLDER
+    entry = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "job": job_id, **asdict(decision),
+             "purpose": props.get(P.PURPOSE), "agreement": props.get(P.AGREEMENT), "charter_sha256": charter_sha256}
+    chain.append(folder / DECISIONS_FILE, entry)
+    (folder / f"{os.path.basename(job_id)}.json").write_text(json.dumps(entry, indent=1))
 
 
 def read_decision(root: str | Path, job_id: str) -> dict | None:
@@ -158,7 +156,12 @@ def site_decision(workspace, job_id: str, job_meta: dict, app_data: bytes) -> De
         sha = charter.sha256
     except Exception as exc:  # fail closed: a site that cannot decide runs nothing
         decision, sha = Decision(site, False, f"its charter gate could not decide ({type(exc).__name__}: {exc})"), ""
-    write_decision(workspace.get_root_dir(), decision, job_id=job_id, props=props, charter_sha256=sha)
+    try:
+        write_decision(workspace.get_root_dir(), decision, job_id=job_id, props=props, charter_sha256=sha)
+    except (OSError, ValueError) as exc:  # fail closed: no job runs here without its decision on record
+        logger.error(f"charter gate: could not record the decision on job {job_id}: {exc}")
+        if decision.approved:
+            decision = Decision(site, False, f"its decision could not be recorded ({exc})")
     return decision
 
 
