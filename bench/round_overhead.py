@@ -186,9 +186,10 @@ def simulator(cli: Cli, job: str, rounds: int) -> dict:
 def poc(cli: Cli, job: str, rounds: int) -> dict:
     out = cli("submit", job, "--rounds", str(rounds)).stdout
     job_id = out.split(" as ")[1].split()[0].rstrip(",")
-    logs = {p.parent.parent.name: p for p in (cli.tmp / "ws").rglob(f"{job_id}/log.txt")}
-    sites = {name: path for name, path in logs.items() if name.startswith("hospital-")}
-    return from_logs(logs["localhost"], sites, cli.tmp / "runs" / job / "metrics.json")
+    sites = {p.parent.parent.name: p for p in (cli.tmp / "ws").rglob(f"{job_id}/log.txt")}  # each kit's job log
+    sites = {name: path for name, path in sites.items() if name.startswith("hospital-")}
+    server = next((cli.tmp / "runs" / job / "download").rglob("log.txt"))  # the server's, in the job's download
+    return from_logs(server, sites, cli.tmp / "runs" / job / "metrics.json")
 
 
 # -- where a round's time goes, from FLARE's log lines ------------------------------------------------
