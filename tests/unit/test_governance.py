@@ -229,14 +229,14 @@ def test_the_job_hash_does_not_depend_on_the_process_and_ignores_resume(tmp_path
     code = ("import sys; from consortium.jobs import export_job, load_job_spec; from consortium.governance.charter "
             "import load_charter; c = load_charter(sys.argv[1]); "
             "[export_job(load_job_spec(j, sys.argv[2], charter=c), sys.argv[3], charter=c) for j in sys.argv[4:]]")
-    jobs = ["fedavg_dp", "heart_fedavg", "fedprox"]
+    jobs = ["fedavg_dp", "heart_fedavg"]
     hashes = []
     for seed in ("1", "2"):
         out = tmp_path / seed
         subprocess.run([sys.executable, "-c", code, str(CONSORTIUM), str(REPO / "jobs"), str(out), *jobs], check=True,
                        env={**os.environ, "PYTHONHASHSEED": seed})  # fmt: skip
         hashes.append([P.declared(json.loads((out / j / "meta.json").read_text()))[P.JOB_SHA] for j in jobs])
-    assert hashes[0] == hashes[1] and len(set(hashes[0])) == 3
+    assert hashes[0] == hashes[1] and len(set(hashes[0])) == 2
     spec = load_job_spec("fedavg", REPO / "jobs", charter=charter)
     plain = export_job(spec, tmp_path / "a", charter=charter)
     resumed = export_job(spec, tmp_path / "b", charter=charter, resume_from="8a1c-previous-job")

@@ -33,7 +33,8 @@ def deploy_outcome(detail) -> tuple[list[dict], list[dict]]:
             approvals.append({SITE: site, BY: DEPLOYED})
         else:
             refusals.append({SITE: site, REASON: text.removeprefix(ERROR_PREFIX)})
-    return approvals, refusals
+    by_site = lambda entry: entry[SITE]  # noqa: E731
+    return sorted(approvals, key=by_site), sorted(refusals, key=by_site)
 
 
 def governance_meta(props: dict, *, detail=None, charter_sha256: str | None = None) -> dict:
@@ -57,6 +58,7 @@ def approved_by(meta: dict, site: str, by: str) -> None:
     entry = next((a for a in approvals if a.get(SITE) == site), None)
     if entry is None:
         approvals.append({SITE: site, BY: by})
+        approvals.sort(key=lambda a: a[SITE])
     else:
         entry[BY] = by
 
