@@ -49,6 +49,7 @@ FLAMBY_FEDAVG = 0.685  # FLamby's benchmark FedAvg (Adam), no DP
 TARGET_GAP = 0.03  # issue 17: epsilon 1 within 0.03 of no DP
 NO_DP, REFERENCE = "no DP (same job)", "no DP, FLamby settings"
 REFERENCE_JOBS = {"fedavg": "heart_fedavg", "scaffold": "heart_scaffold"}
+IGNORED = ("description", "purpose", "agreement")  # job keys that do not change the trained model
 FAST = {"cross_site": False, "audit": False, "train_alone": False}  # do not change the final global model
 
 
@@ -74,8 +75,10 @@ def _variants(jobs: Path, epsilons: list[float], algorithms: list[str], referenc
 
 
 def _settings() -> dict:
-    """What the results depend on besides the variant: the DP job's own file (and its base's)."""
-    return {name: yaml.safe_load((ROOT / "jobs" / name / "job.yaml").read_text())
+    """What the results depend on besides the variant: the DP job's own file (and its base's), without the keys
+    that do not change training (description, governance's purpose and agreement)."""
+    return {name: {k: v for k, v in yaml.safe_load((ROOT / "jobs" / name / "job.yaml").read_text()).items()
+                   if k not in IGNORED}
             for name in ("heart_fedavg_dp", "heart_fedavg", "heart_scaffold")}  # fmt: skip
 
 
@@ -94,11 +97,12 @@ def _run(cli: list[str], runs_root: Path, job: str, seed: int) -> dict:
             "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
 
 
-def _cell(values: list[float]) -> str:
+def _cell(values: list[float], seeds: int) -> str:
+    """mean +- sd, and how many seeds when fewer than asked (a grid cut short)."""
     if not values:
         return "not run"
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} +- {sd:.3f}" + ("" if len(values) > 1 else " (1 seed)")
+    return f"{statistics.mean(values):.3f} +- {sd:.3f}" + ("" if len(values) >= seeds else f" ({len(values)} seeds)")
 
 
 def main() -> int:
@@ -149,9 +153,9 @@ def main() -> int:
         with ThreadPoolExecutor(max_workers=args.parallel) as pool:
             for key, row in pool.map(one, [t for t in todo if (t[1], t[2]) not in done] if args.run else []):
                 results.setdefault(key, []).append(row)
-    dp = settings["heart_fedavg_dp"]
+    dp, when = settings["heart_fedavg_dp"], "started" if args.run else "table printed"
     print(f"\npython bench/dp_heart.py --seeds {args.seeds} --epsilons {' '.join(f'{e:g}' for e in args.epsilons)}"
-          f" --algorithms {' '.join(args.algorithms)} (started {started}); job heart_fedavg_dp: "
+          f" --algorithms {' '.join(args.algorithms)} ({when} {started}); job heart_fedavg_dp: "
           f"{dp.get('rounds', 15)} rounds x {dp['local_epochs']} local epochs, batch {dp.get('batch_size', 4)}, "
           f"lr {dp.get('lr', 0.001)}, clipping {dp['dp_sgd']['max_grad_norm']}, delta {dp['dp_sgd']['delta']} per "
           f"hospital and job. Mean accuracy over the 4 hospitals' test splits, mean +- sd over the seeds")  # fmt: skip
@@ -159,7 +163,7 @@ def main() -> int:
     def accuracies(algorithm, label):
         return [r["accuracy"] for r in results.get((algorithm, label), [])]
 
-    head = " | ".join(f"{a} | {a} vs no DP" for a in args.algorithms)
+    head = " | ".join(f"{a} | {a} vs no DP (same job)" for a in args.algorithms)
     print(f"| setting | {head} | largest epsilon spent | FLamby FedAvg + DP (delta 1e-4, nominal epsilon) |")
     print("|---|" + "---|---|" * len(args.algorithms) + "---|---|")
     labels = [f"epsilon {e:g}" for e in args.epsilons] + [NO_DP] + ([REFERENCE] if args.reference else [])
@@ -169,7 +173,7 @@ def main() -> int:
             values, none = accuracies(algorithm, label), accuracies(algorithm, NO_DP)
             gap = (f"{statistics.mean(values) - statistics.mean(none):+.3f}"
                    if values and none and label != NO_DP else "")  # fmt: skip
-            cells += [_cell(values), gap]
+            cells += [_cell(values, args.seeds), gap]
         spent = [r["max_epsilon"] for a in args.algorithms for r in results.get((a, label), [])
                  if r["max_epsilon"] is not None]  # fmt: skip
         eps = float(label.split()[1]) if label.startswith("epsilon") else None
