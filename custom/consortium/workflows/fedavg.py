@@ -243,11 +243,8 @@ class ConsortiumFedAvg(ServerStep, SiteResults, JobEnd, FedAvg):
                     self.cancel_task(task)
                 break
             time.sleep(WAIT_POLL)
-        check = getattr(self.communicator, "check_tasks", None)
-        if check is not None:  # remove the closed task now, not at the task monitor's next check
-            check()
-        while self.get_num_standing_tasks():  # else the task monitor removes it
-            time.sleep(WAIT_POLL)
+        while self.get_num_standing_tasks():  # the task monitor removes the closed task
+            time.sleep(self._task_check_period)
         return True
 
     def _close_round(self, outcome: RoundOutcome, seconds: float) -> None:
