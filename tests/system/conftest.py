@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from consortium.deploy.poc import free_port
-from tests.conftest import REPO
+from consortium.config import load_site_configs
+from consortium.data.synth import generate_site
+from consortium.deploy.poc import PocPaths, free_port, kit_processes, read_state
+from tests.conftest import REPO, TINY_A, TINY_B, write_site_configs
 
 PROJECT_ADMIN = "  - {name: admin@test.org, org: test_ops, role: project_admin}\n"
 
@@ -66,3 +69,32 @@ def cli_runner(site_configs: Path, tmp_path: Path, admins: str = PROJECT_ADMIN):
 def cli(tiny_sites, tmp_path):
     """Run `consortium ...` against the tiny sites with a temp workspace, runs folder and HOME."""
     return cli_runner(next(iter(tiny_sites.values())).source.parent, tmp_path)
+
+
+def wait_for(check, what: str, timeout: float = 300, poll: float = 2.0):
+    """A guard against hanging for ever, never a timing assertion."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(poll)
+    raise AssertionError(f"gave up waiting for {what} after {timeout:.0f} s")
+
+
+def three_site_cli(tmp_path: Path, site_c: str):
+    """A runner for a local consortium of the two tiny hospitals and `site_c` (its site config), with generated
+    data; after the test (a generator for fixtures) the consortium is stopped and no kit process may be left."""
+    folder = write_site_configs(tmp_path / "site_configs", {"site-a": TINY_A, "site-b": TINY_B, "site-c": site_c})
+    for cfg in load_site_configs(folder).values():
+        generate_site(cfg, seed=0, size=32)
+    run = cli_runner(folder, tmp_path)
+    run.paths = PocPaths(tmp_path / "ws" / "poc-consortium")
+    yield run
+    run("poc", "down", check=False)
+    assert not kit_processes(run.paths), "processes of the consortium left running"
+
+
+def kit(cli, name: str) -> Path:
+    """The folder of participant `name`'s kit in the runner's local consortium."""
+    return cli.paths.prod(read_state(cli.paths)["project"]) / name

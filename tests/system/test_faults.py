@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 
-from consortium.config import load_site_configs
-from consortium.data.synth import generate_site
-from consortium.deploy.poc import PocPaths, kill_kit, kit_processes, read_state, start_kit
-from tests.conftest import TINY_A, TINY_B, write_site_configs
-from tests.system.conftest import cli_runner
+from consortium.deploy.poc import kill_kit, kit_processes, start_kit
+from tests.conftest import TINY_B
+from tests.system.conftest import kit, three_site_cli
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 
@@ -22,19 +19,7 @@ TINY_C = TINY_B.replace("org: site_b", "org: site_c").replace("Beta Clinic", "Ga
 
 @pytest.fixture
 def cli3(tmp_path):
-    folder = write_site_configs(tmp_path / "site_configs", {"site-a": TINY_A, "site-b": TINY_B, "site-c": TINY_C})
-    for cfg in load_site_configs(folder).values():
-        generate_site(cfg, seed=0, size=32)
-    run = cli_runner(folder, tmp_path)
-    run.paths = PocPaths(tmp_path / "ws" / "poc-consortium")
-    yield run
-    run("poc", "down", check=False)
-    assert not kit_processes(run.paths), "processes of the consortium left running"
-
-
-def kit(cli, name: str) -> Path:
-    state = read_state(cli.paths)
-    return cli.paths.prod(state["project"]) / name
+    yield from three_site_cli(tmp_path, TINY_C)
 
 
 def server_history(cli, job_id: str, *, rounds: int, timeout: float = 300) -> dict:

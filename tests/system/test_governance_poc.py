@@ -7,19 +7,16 @@ those; the server refuses at submission a job the charter refuses."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from consortium import constants as C
 from consortium import runrecord as R
-from consortium.config import load_site_configs
-from consortium.data.synth import generate_site
-from consortium.deploy.poc import PocPaths, kit_processes, read_state
+from consortium.deploy.poc import read_state
 from consortium.governance.charter import KIT_CHARTER_FILE, load_charter
 from consortium.governance.gate import DECISIONS_FILE, DECISIONS_FOLDER
-from tests.conftest import REPO, TINY_A, TINY_B, write_site_configs
-from tests.system.conftest import cli_runner
+from tests.conftest import REPO, TINY_B
+from tests.system.conftest import kit, three_site_cli
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 
@@ -33,18 +30,7 @@ REFUSAL = "site-c refuses job fedavg: site-c has not approved the purpose 'lesio
 
 @pytest.fixture
 def cli3(tmp_path):
-    folder = write_site_configs(tmp_path / "site_configs", {"site-a": TINY_A, "site-b": TINY_B, "site-c": TINY_C})
-    for cfg in load_site_configs(folder).values():
-        generate_site(cfg, seed=0, size=32)
-    run = cli_runner(folder, tmp_path)
-    run.paths = PocPaths(tmp_path / "ws" / "poc-consortium")
-    yield run
-    run("poc", "down", check=False)
-    assert not kit_processes(run.paths), "processes of the consortium left running"
-
-
-def kit(cli, name: str) -> Path:
-    return cli.paths.prod(read_state(cli.paths)["project"]) / name
+    yield from three_site_cli(tmp_path, TINY_C)
 
 
 def test_a_site_refuses_a_purpose_it_did_not_approve_and_the_job_runs_on_without_it(cli3):

@@ -5,7 +5,6 @@ the next job before it reads any data; the job goes on with site-a (min_clients 
 
 import json
 import shutil
-import time
 
 import pytest
 
@@ -14,6 +13,7 @@ from consortium.deploy.admin import clients, session
 from consortium.deploy.poc import PocPaths, read_state
 from consortium.privacy import spending
 from tests.conftest import REPO
+from tests.system.conftest import wait_for
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 
@@ -28,17 +28,6 @@ cross_site: false
 audit: false
 dp_sgd: {target_epsilon: 6, delta: 1.0e-5, max_grad_norm: 1.0}
 """
-
-
-def wait_for(check, what: str, timeout: float = 300, poll: float = 2.0):
-    """A guard against hanging for ever, never a timing assertion."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(poll)
-    raise AssertionError(f"gave up waiting for {what} after {timeout:.0f} s")
 
 
 def test_a_site_refuses_the_job_that_would_pass_its_budget_across_jobs(tiny_sites, tmp_path):

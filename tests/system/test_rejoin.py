@@ -1,10 +1,10 @@
 """A hospital killed mid-job and restarted from its kit rejoins the running job (server component in local/)."""
 
+import functools
 import json
 import os
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +12,7 @@ import pytest
 from consortium.deploy import poc
 from consortium.deploy.admin import session
 from consortium.deploy.poc import PocPaths, kill_group, read_state
+from tests.system.conftest import wait_for as shared_wait_for
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 
@@ -56,15 +57,8 @@ def start_kit(kit: Path, env: dict) -> int:
     return proc.pid
 
 
-def wait_for(check, what: str, timeout: float = 600, poll: float = 2.0):
-    """A guard against hanging for ever, never a timing assertion."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(poll)
-    raise AssertionError(f"gave up waiting for {what} after {timeout:.0f} s")
+# this test's waits default to 600 s (a round of a restarted site, its redeployment)
+wait_for = functools.partial(shared_wait_for, timeout=600)
 
 
 def text(path: Path) -> str:
