@@ -71,7 +71,7 @@ def test_prv_used_when_tighter_and_reported_as_such(history):
 
 
 def test_rdp_reported_when_it_is_the_tighter(monkeypatch):
-    monkeypatch.setattr(acc._OpacusPRV, "get_epsilon", lambda self, delta, **kw: 1e6)
+    monkeypatch.setattr(OpacusPRV, "get_epsilon", lambda self, delta, **kw: 1e6)
     ours = _ours(HISTORIES[0])
     assert ours.epsilon_with_method(1e-5) == (pytest.approx(ours.spent(1e-5).rdp), "rdp")
 
@@ -80,7 +80,7 @@ def test_prv_failure_falls_back_to_rdp_and_says_so(monkeypatch):
     def fail(self, delta, **kwargs):
         raise ValueError("Floating point errors will dominate for such small values of delta")
 
-    monkeypatch.setattr(acc._OpacusPRV, "get_epsilon", fail)
+    monkeypatch.setattr(OpacusPRV, "get_epsilon", fail)
     ours = _ours(HISTORIES[0])
     spent = ours.spent(1e-5)
     assert (spent.accountant, spent.prv) == ("rdp", None) and "Floating point" in spent.note

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from opacus.accountants import PRVAccountant as _OpacusPRV
-from opacus.accountants import RDPAccountant as _OpacusRDP
-from opacus.accountants.analysis import rdp as _rdp_analysis
+
+# Opacus is imported where it is used, not here: every hospital's PrivacyGuard (filters/dp.py) imports this module
+# for check_dp_args, and loading Opacus (with torch.distributed) took about 40% of a site job process's imports,
+# paid by every job, with DP or without.
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,8 @@ def read_dp_settings(raw, *, where: str, required: tuple[str, ...], example: str
 def rdp_subsampled_gaussian(q: float, sigma: float, steps: int, orders=ORDERS) -> np.ndarray:
     """RDP at each order of `steps` subsampled Gaussian steps (Opacus's analysis); kept for the RDP-by-hand test."""
     check_dp_args(delta=0.5, noise_multiplier=sigma, sample_rate=q)
+    from opacus.accountants.analysis import rdp as _rdp_analysis
+
     return np.asarray(_rdp_analysis.compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=list(orders)))
 
 
@@ -114,6 +117,9 @@ def spent(history: tuple, delta: float, methods: tuple = METHODS, orders: tuple 
     check_dp_args(delta=delta)
     if not history:
         return Spent(0.0, methods[0], 0.0)
+    from opacus.accountants import PRVAccountant as _OpacusPRV
+    from opacus.accountants import RDPAccountant as _OpacusRDP
+
     rdp = _OpacusRDP()
     rdp.history = list(history)
     rdp_eps = float(rdp.get_epsilon(delta, alphas=list(orders)))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from consortium.config import PrivacyConfig
-from consortium.privacy.dpsgd import DPSGDSettings
+from consortium.privacy.settings import DPSGDSettings  # not .dpsgd: it loads opacus, needless without DP
 
 
 class BudgetRefused(Exception):
