@@ -48,6 +48,12 @@ def test_fedavg_simulation_improves_dice(small_sites, tmp_path):
     state = torch.load(out / "global_model.pt")
     task.build_model().load_state_dict(state)  # the saved global model loads into the task's model
 
+    # the sites' updates arrived inside their result messages: the server never had to download arrays from a
+    # site afterwards (a site lost between the two would make FLARE end the server's job process; jobs/build.py)
+    server_log = (out / "workspace" / "server" / "log.txt").read_text()
+    assert "submit_update process. client_name:site-a" in server_log
+    assert "[client] download ref=" not in server_log
+
     # train_alone (the base job): each site trained the initial model alone with the same budget, and the
     # cross-site matrix scores those models on every site's data
     alone = history["alone"]

@@ -30,6 +30,17 @@ dp_sgd: {target_epsilon: 6, delta: 1.0e-5, max_grad_norm: 1.0}
 """
 
 
+def why_not_completed(run_dir, meta) -> str:
+    """What the server's run record and log say about a job that did not complete (the assertion's message)."""
+    history = json.loads((run_dir / "metrics.json").read_text())
+    rounds = [(r["round"], r.get("contributed"), r.get("dropped")) for r in history["rounds"]]
+    lines = [line for log in run_dir.glob("download/**/log.txt") for line in log.read_text().splitlines()
+             if "[progress]" in line or " ERROR " in line and "log_streaming" not in line]  # fmt: skip
+    return f"{meta['status']}: stopped {history.get('stopped')!r}; rounds {rounds}; server log:\n" + "\n".join(
+        lines[-40:]
+    )
+
+
 def test_a_site_refuses_the_job_that_would_pass_its_budget_across_jobs(tiny_sites, tmp_path):
     from tests.system.conftest import cli_runner
 
@@ -57,9 +68,13 @@ def test_a_site_refuses_the_job_that_would_pass_its_budget_across_jobs(tiny_site
         with session(state["admin"], poc.admin_kit(paths, state)) as sess:
             meta = wait_for(lambda: (m := sess.get_job_meta(job1))["status"].startswith("FINISHED") and m,
                             "the first job to finish", timeout=900, poll=5)  # fmt: skip
-            assert meta["status"] == "FINISHED:COMPLETED", meta
             wait_for(lambda: "site-b" in clients(sess), "site-b to register again")
         cli("download", job1)
+        assert meta["status"] == "FINISHED:COMPLETED", why_not_completed(tmp_path / "runs" / "dp_budget", meta)
+        # site-b's updates came inside its result messages: had the server still to download them from site-b's
+        # job process when it was killed, FLARE would have ended the whole job (jobs/build.py, INLINE_RESULTS)
+        server_log = (tmp_path / "runs" / "dp_budget" / "download" / "workspace" / "log.txt").read_text()
+        assert "submit_update process. client_name:site-b" in server_log and "[client] download ref=" not in server_log
         sent = [r["round"] + 1 for r in json.loads((tmp_path / "runs" / "dp_budget" / "metrics.json").read_text())[
             "rounds"] if "site-b" in r["contributed"]]  # fmt: skip
         ledger = spending.read(spending.path(kit_b))

@@ -27,6 +27,9 @@ def test_repository_jobs_load_and_export_clean(tmp_path):
         assert trainer["args"]["lr"] == load_job_spec(name, REPO / "jobs").lr
         # a site whose result arrived but whose reply was lost on a cut link asks again after 30 s, not 300 s
         assert client["submit_task_result_timeout"] == 30.0
+        # a site's arrays travel inside its result message, not as references the server downloads afterwards:
+        # a site lost between the two would make FLARE end the server's job process (jobs/build.py)
+        assert client["np_download_chunk_size"] == 0 and client["tensor_download_chunk_size"] == 0
 
 
 def test_variant_states_only_differences(tmp_path):

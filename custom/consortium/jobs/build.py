@@ -18,6 +18,16 @@ TASK_CHECK_PERIOD = 0.1  # seconds between the server workflow's checks for resu
 # asks the server whether the task is still open, and sends again only if it is. Sending itself is not
 # limited by this: FLARE counts it as idle time, reset by every chunk that moves.
 SUBMIT_RESULT_TIMEOUT = 30.0
+# How a site's result travels. FLARE 2.9 sends numpy arrays and tensors of more than a few bytes by reference:
+# the site's job cell sends the message, then the server's job cell downloads the arrays from it. If the site
+# dies (or is restarted) between the two, the download fails, and FLARE then ends the server's job process
+# on purpose ("failed to decode streamed submit_update ... exiting job process to fail the job"), so the job
+# ends EXECUTION_EXCEPTION for every site (seen in CI: a site killed just after sending its update, 2026-12-07).
+# A chunk size of 0 makes these decomposers inline the arrays in the message itself (FLARE's "native"
+# encoding): a site lost mid-upload then loses only its own update, and the round drops it like any lost site.
+# Variables of the client app config (config_fed_client.json), read by FLARE's ConfigService in the site's
+# job process.
+INLINE_RESULTS = {"np_download_chunk_size": 0, "tensor_download_chunk_size": 0}
 # tasks that bring the global model to a site (ciphertext under HE, decrypted there by HEDecryptModel)
 MODEL_TASKS = [C.TASK_TRAIN, C.TASK_VALIDATE, C.TASK_AUDIT]
 
@@ -129,6 +139,7 @@ def build_job(spec: JobSpec, *, stream_logs: bool = True, resume_from: str = "")
     site_tasks = [C.TASK_TRAIN, C.TASK_VALIDATE, C.TASK_SUBMIT_MODEL, C.TASK_TRAIN_ALONE, C.TASK_AUDIT]
     job.to_clients(trainer, tasks=site_tasks)
     job.to_clients({"submit_task_result_timeout": SUBMIT_RESULT_TIMEOUT})  # a variable of the client app config
+    job.to_clients(dict(INLINE_RESULTS))  # a site lost mid-upload never fails the server's job process
     # Stream each site's job log to the server, so `consortium logs/status` show a site's own errors.
     if stream_logs:
         job.to_clients(JobLogStreamer(), id="log_streamer")
