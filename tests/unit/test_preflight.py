@@ -157,3 +157,13 @@ def test_report_shows_sites_flags_and_harmonisation(tmp_path):
     md = files["markdown"].read_text()
     assert "hospital-b: body HU mean" in md and "(recommended)" in md and files["plot"].is_file()
     assert "<table>" in files["html"].read_text()
+
+
+def test_exported_preflight_sends_site_results_inline(tmp_path):
+    """Like the training jobs (jobs/build.py INLINE_RESULTS): a site lost while its statistics are on the way must
+    not make FLARE end the server's job process."""
+    from consortium.stats.job import export_preflight_job
+
+    folder = export_preflight_job(tmp_path)
+    client = json.loads((folder / "app" / "config" / "config_fed_client.json").read_text())
+    assert client["np_download_chunk_size"] == 0 and client["tensor_download_chunk_size"] == 0

@@ -2,6 +2,7 @@
 into a typed JobSpec (spec.py, checks.py, load.py); build.py turns it into the FLARE job, exports or simulates it."""
 
 from consortium.jobs.build import (
+    INLINE_RESULTS,
     SUBMIT_RESULT_TIMEOUT,
     TASK_CHECK_PERIOD,
     TASK_REQUEST_INTERVAL,
@@ -13,6 +14,7 @@ from consortium.jobs.load import JOB_FILE, available_jobs, load_job_spec
 from consortium.jobs.spec import JOB_DEFAULTS, HESettings, JobSpec
 
 __all__ = [
+    "INLINE_RESULTS",
     "JOB_DEFAULTS",
     "JOB_FILE",
     "SUBMIT_RESULT_TIMEOUT",

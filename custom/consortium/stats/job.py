@@ -59,7 +59,7 @@ def build_preflight_job(*, stream_logs: bool = True, agreement: str | None = Non
     from nvflare.job_config.defs import FilterType
 
     from consortium.governance.props import meta_props
-    from consortium.jobs import TASK_REQUEST_INTERVAL
+    from consortium.jobs import INLINE_RESULTS, TASK_REQUEST_INTERVAL
     from consortium.stats.imaging import ImagingStatistics
 
     job = FedJob(name=F.PREFLIGHT_JOB, meta_props=meta_props(PURPOSE, agreement or ""))
@@ -74,6 +74,7 @@ def build_preflight_job(*, stream_logs: bool = True, agreement: str | None = Non
     job.to_server(JsonStatsFileWriter(output_path=STATS_OUTPUT, json_encoder_path=OBJECT_ENCODER_PATH), id=WRITER_ID)
     job.to_server({"server": {"task_request_interval": TASK_REQUEST_INTERVAL}})
 
+    job.to_clients(dict(INLINE_RESULTS))  # a site lost mid-upload never fails the server's job process
     job.to_clients(ImagingStatistics(), id=GENERATOR_ID)
     job.to_clients(StatisticsExecutor(generator_id=GENERATOR_ID), tasks=["fed_stats_pre_run", "fed_stats"])
     cleansers = [
