@@ -113,6 +113,55 @@ def test_append_refuses_to_continue_a_broken_last_line(tmp_path):
     assert chain.verify(path).line == 3 and "not a JSON record" in chain.verify(path).problem
 
 
+def test_append_refuses_a_trail_that_no_longer_verifies(tmp_path):
+    path = _trail(tmp_path, 3)
+    lines = _lines(path)
+    record = json.loads(lines[1])
+    record["bytes"] += 1  # an edit in the middle: the last line still parses
+    lines[1] = json.dumps(record, separators=(",", ":"))
+    _write(path, lines)
+    with pytest.raises(chain.TrailError, match=r"it does not verify \(line 2 \(seq 1\): edited") as err:
+        chain.append(path, {"job": "j1"})
+    assert f"consortium audit verify {path}" in str(err.value)
+    assert _lines(path) == lines  # nothing appended
+
+
+def test_append_refuses_a_last_line_cut_short_and_checks_what_others_appended(tmp_path):
+    path = _trail(tmp_path, 2)
+    with path.open("a") as f:
+        f.write('{"seq": 2, "prev_hash": "00')  # a write cut short: no line end
+    with pytest.raises(chain.TrailError, match="its last line is not a trail record .line 3 has no line end"):
+        chain.check(path)
+    with pytest.raises(chain.TrailError, match="last line is not a trail record"):
+        chain.append(path, {"job": "j1"})
+    # the trail moved aside (kept as evidence): a new one begins, and what another process appends is checked
+    path.rename(path.with_suffix(".broken"))
+    first = chain.append(path, {"job": "j2"})
+    assert first["seq"] == 0 and first["prev_hash"] == chain.GENESIS
+    forged = {"job": "j2", "seq": 1, "prev_hash": "f" * 64}
+    forged["hash"] = chain.record_hash(forged)
+    with path.open("a") as f:  # appended by someone else, linked to nothing
+        f.write(json.dumps(forged) + "\n")
+    with pytest.raises(chain.TrailError, match="prev_hash does not match"):
+        chain.append(path, {"job": "j2"})
+
+
+def test_a_refused_payload_loses_its_body_and_keeps_what_flare_routes_it_by():
+    from nvflare.apis.fl_constant import FLContextKey, ReturnCode
+    from nvflare.apis.shareable import ReservedHeaderKey
+
+    from consortium.audit_trail.recorder import refuse
+
+    task = _model_result({"w": np.ones(3, np.float32)})
+    task.set_header(ReservedHeaderKey.TASK_ID, "t-1")
+    task.add_cookie(FLContextKey.TASK_ID, "t-1")  # the server finds the task of a reply by this cookie
+    refuse(task, "audit trail: site-c could not record the received payload")
+    assert set(task) == {ReservedHeaderKey.HEADERS}  # no DXO: no model left in it
+    assert task.get_cookie(FLContextKey.TASK_ID) == "t-1" and task.get_header(ReservedHeaderKey.TASK_ID) == "t-1"
+    assert task.get_return_code() == ReturnCode.EXECUTION_EXCEPTION
+    assert task.get_header(C.HEADER_SITE_ERROR) == "audit trail: site-c could not record the received payload"
+
+
 def _append_many(path, who, n):
     for i in range(n):
         chain.append(path, {"job": who, "round": i})

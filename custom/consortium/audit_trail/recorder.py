@@ -11,7 +11,15 @@ private/fed/client/client_runner.py and private/fed/server/server_runner.py):
   server received BEFORE_TASK_RESULT_FILTER  the result as it arrived, before the server's filters
 FLARE adds only headers after/before these points, and the digest leaves headers out, so a site's "sent" hash
 equals the server's "received" hash for the same task id, and the reverse for the model sent to a site.
-If a record cannot be written, the payload is replaced by an error reply: nothing crosses unrecorded.
+If a record cannot be written (or the trail no longer verifies: chain.append), nothing crosses unrecorded:
+  at a site, the payload loses its body (the model) and becomes an error (EXECUTION_EXCEPTION with the reason,
+  which names the trail file and `consortium audit verify`); a task whose data could not be recorded gets that
+  error as its reply, whatever its executor did, so the server drops the site like any failing site;
+  at the server, the payload loses its body too and the job stops (system panic), as it does at START_RUN when
+  the server's trail does not verify.
+The payload keeps its headers: FLARE routes a reply by them (the task id is a cookie of the task data, which the
+site copies into its reply); a payload cleared of them is a reply the server cannot match to its task, so the
+server sends the same task again and again until the round times out (the hang this replaced).
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from nvflare.apis.fl_component import FLComponent
 from nvflare.apis.fl_constant import FLContextKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.server_engine_spec import ServerEngineSpec
-from nvflare.apis.shareable import Shareable
+from nvflare.apis.shareable import ReservedHeaderKey, Shareable
 from nvflare.app_common.app_constant import AppConstants
 
 from consortium import constants as C
@@ -65,6 +73,15 @@ def dp_spent(shareable: dict) -> dict[str, float] | None:
     return spent or None
 
 
+def refuse(payload: Shareable, message: str) -> None:
+    """Make `payload` an error in place: its body (the DXO: the model or update) goes, its headers stay (FLARE
+    routes it by them), its return code is EXECUTION_EXCEPTION and C.HEADER_SITE_ERROR says why."""
+    for key in [k for k in payload if k != ReservedHeaderKey.HEADERS]:
+        del payload[key]
+    payload.set_return_code(ReturnCode.EXECUTION_EXCEPTION)
+    payload.set_header(C.HEADER_SITE_ERROR, message[:2000])
+
+
 class ExchangeRecorder(FLComponent):
     """Appends one record per task payload sent or received to <workspace>/consortium_trail/exchanges.jsonl;
     at the server, also summarises the job's exchanges per site into the job's run record at the end."""
@@ -75,9 +92,13 @@ class ExchangeRecorder(FLComponent):
         self._rounds: dict[str, int | None] = {}  # task id -> round of its task data
         self._spent: dict[tuple[str, str], dict | None] = {}  # (job, site) -> DP spent it last reported
         self._records, self._seconds = 0, 0.0  # this process's records and the time it took to write them
+        self._refused: dict[str, str] = {}  # task id -> why its task data could not be recorded (site)
+        self._panicked = False  # the server stopped the job because its trail failed
 
     def handle_event(self, event_type: str, fl_ctx: FLContext):
         server = isinstance(fl_ctx.get_engine(), ServerEngineSpec)
+        if event_type == EventType.START_RUN:
+            return self._check_trail(fl_ctx, server=server)
         if event_type == EventType.END_RUN:
             self.log_info(fl_ctx, f"{TIMING_MARK} {self._records} records in {self._seconds:.3f} s")
             if server:
@@ -89,6 +110,11 @@ class ExchangeRecorder(FLComponent):
         payload = fl_ctx.get_prop(key) if key else None
         if direction is None or not isinstance(payload, Shareable):
             return
+        task_id = fl_ctx.get_prop(FLContextKey.TASK_ID)
+        with self._lock:
+            refused = self._refused.pop(task_id, None) if not server and direction == SENT else None
+        if refused:  # its task data went unrecorded: the reply is that error, whatever the executor returned
+            refuse(payload, refused)
         start = time.perf_counter()
         try:
             record = self._record(fl_ctx, payload, direction=direction, server=server)
@@ -96,11 +122,44 @@ class ExchangeRecorder(FLComponent):
                 self._records, self._seconds = self._records + 1, self._seconds + time.perf_counter() - start
             self.log_debug(fl_ctx, f"audit trail: {direction} {record['task']} seq {record[chain.SEQ]}")
         except Exception as exc:  # fail closed: a payload that cannot be recorded does not go on
-            message = f"audit trail: could not record this {direction} payload ({type(exc).__name__}: {exc})"
+            self._fail(fl_ctx, payload, exc, direction=direction, server=server, task_id=task_id, refused=refused)
+
+    def _fail(self, fl_ctx: FLContext, payload: Shareable, exc: Exception, *, direction: str, server: bool,
+              task_id, refused: str | None) -> None:  # fmt: skip
+        who = "the server" if server else fl_ctx.get_identity_name()
+        reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, chain.TrailError) else str(exc)
+        consequence = "the job stops" if server else f"{who} takes no part in this task"
+        message = refused or f"audit trail: {who} could not record the {direction} payload, so {consequence}: {reason}"
+        refuse(payload, message)
+        if server:
+            return self._panic(fl_ctx, message)
+        if not refused:  # else logged when the task data came
             self.log_error(fl_ctx, message)
-            payload.clear()
-            payload.set_return_code(ReturnCode.EXECUTION_EXCEPTION)
-            payload.set_header(C.HEADER_SITE_ERROR, message[:2000])
+        if direction == RECEIVED:
+            with self._lock:
+                self._refused[task_id] = message
+
+    def _check_trail(self, fl_ctx: FLContext, *, server: bool) -> None:
+        """At the start of a job process: a trail that does not verify is found before any exchange. The server
+        then stops the job; a site logs it and refuses each of its tasks (chain.append fails the same way)."""
+        path = trail_path(self._root(fl_ctx))
+        try:
+            chain.check(path)
+        except (chain.TrailError, OSError) as exc:
+            if server:
+                self._panic(fl_ctx, f"audit trail: the server's trail does not verify, so the job does not run: {exc}")
+            else:
+                self.log_error(fl_ctx, f"audit trail: {fl_ctx.get_identity_name()}'s trail does not verify, so this "
+                                       f"site takes part in no task of this job: {exc}")  # fmt: skip
+
+    def _panic(self, fl_ctx: FLContext, message: str) -> None:
+        with self._lock:
+            if self._panicked:
+                return
+            self._panicked = True
+        self.log_error(fl_ctx, message)
+        self.log_info(fl_ctx, f"[progress] {message}")  # the admin's console and `consortium submit` show it
+        self.system_panic(message, fl_ctx)
 
     @staticmethod
     def _root(fl_ctx: FLContext) -> str:

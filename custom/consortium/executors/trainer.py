@@ -152,6 +152,13 @@ class SiteTrainer(SiteModels, Executor):
         return stats
 
     def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        refused = shareable.get_header(C.HEADER_SITE_ERROR)
+        if refused and shareable.get_return_code(ReturnCode.OK) != ReturnCode.OK:
+            # the site's audit trail could not record this task's data (audit_trail/recorder.py), which came
+            # without its body: reply that reason before any data are read
+            reply = make_reply(ReturnCode.EXECUTION_EXCEPTION)
+            reply.set_header(C.HEADER_SITE_ERROR, refused)
+            return reply
         try:
             if self._refusal and task_name == C.TASK_TRAIN:
                 raise BudgetRefused(self._refusal)

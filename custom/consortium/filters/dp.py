@@ -53,6 +53,8 @@ class KeepGlobalModel(Filter):
     model pass through; GaussianUpdateFilter refuses to run if it then finds none)."""
 
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
+        if shareable.get_return_code(ReturnCode.OK) != ReturnCode.OK:
+            return shareable  # refused on arrival (the site's audit trail): no model to keep
         if from_shareable(shareable).data_kind != DataKind.WEIGHTS:
             return shareable
         _, params = _weights(shareable, "KeepGlobalModel")

@@ -70,6 +70,8 @@ class HEDecryptModel(Filter):
         self._site = _SiteContext()
 
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
+        if shareable.get_return_code(ReturnCode.OK) != ReturnCode.OK:
+            return shareable  # refused on arrival (the site's audit trail): no model, the executor replies the error
         dxo = from_shareable(shareable)
         if not is_encrypted(dxo.data):
             return shareable  # the initial model is plaintext: nothing has been aggregated yet
