@@ -12,9 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -30,8 +32,18 @@ from tests.system.conftest import write_consortium  # noqa: E402
 TINY_C = TINY_B.replace("org: site_b", "org: site_c").replace("Beta Clinic", "Gamma Hospital")
 
 
+def _stop_on_term(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 class Consortium:
+    """A local consortium for a bench. A stop signal (SIGTERM, SIGHUP) raises KeyboardInterrupt like Ctrl-C, so the
+    bench's `finally: c("poc", "down")` still stops the server and the sites (it left them running before)."""
+
     def __init__(self, tmp: Path, site_c: str = TINY_C):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, _stop_on_term)
         folder = write_site_configs(tmp / "site_configs", {"site-a": TINY_A, "site-b": TINY_B, "site-c": site_c})
         for cfg in load_site_configs(folder).values():
             generate_site(cfg, seed=0, size=32)
