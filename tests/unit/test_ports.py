@@ -23,3 +23,18 @@ def test_busy_port_is_replaced_or_named():
         assert taken not in (fed, admin) and fed != admin and port_free(fed) and port_free(admin)
         with pytest.raises(PocError, match=f"{taken}.*in use"):
             choose_ports(defn, strict=True)
+
+
+def test_busy_configured_ports_fall_back_to_the_last_kits_ports_when_free():
+    """So that `poc up` can reuse the kits it made last time (their project.yml names those ports)."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        defn = replace(
+            load_consortium(REPO / "provisioning/consortium.yaml"), fed_learn_port=taken, admin_port=free_port()
+        )
+        last = (free_port(), free_port())
+        assert choose_ports(defn, last=last) == last
+        fed, admin = choose_ports(defn, last=(taken, last[1]))  # the last ones are busy too: new free ports
+        assert taken not in (fed, admin) and port_free(fed) and port_free(admin)

@@ -86,15 +86,12 @@ def cmd_kit_verify(args) -> int:
 
 def cmd_poc_up(args) -> int:
     from consortium.deploy import poc
-    from consortium.deploy.admin import clients
 
     paths = poc_paths(args)
     print(f"starting the local consortium (server + {len(load_site_configs(args.site_configs))} hospitals) ...")
     state = poc.up(paths, consortium_file=Path(args.consortium), site_configs=Path(args.site_configs))
-    with admin_session(args) as sess:
-        registered = clients(sess)
     print(f"up in {state['ready_seconds']:.0f} s: server on 127.0.0.1:{state['ports'][0]} (admin {state['ports'][1]})")
-    print(f"registered sites: {', '.join(registered)}")
+    print(f"registered sites: {', '.join(state['registered'])}")  # as the server listed them to the admin API
     print(f"kits and logs: {paths.prod(state['project'])}")
     return 0
 
@@ -124,7 +121,6 @@ def add_poc(sub) -> None:
     poc_cmd = sub.add_parser("poc", help="a real local consortium (FLARE POC)").add_subparsers(
         dest="action", required=True
     )
-    poc_cmd.add_parser("up", help="provision POC kits, start server + hospitals, wait for registration").set_defaults(
-        fn=cmd_poc_up
-    )
+    up_help = "provision POC kits (reused while unchanged), start server + hospitals, wait for registration"
+    poc_cmd.add_parser("up", help=up_help).set_defaults(fn=cmd_poc_up)
     poc_cmd.add_parser("down", help="stop every process of the local consortium").set_defaults(fn=cmd_poc_down)

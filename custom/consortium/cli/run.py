@@ -106,22 +106,27 @@ def step_args(args, *argv: str):
 
 def cmd_demo(args) -> int:
     """Generate data if missing, bring the consortium up, run the job through the admin API, shut down."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from consortium.cli.data import cmd_data_synth
     from consortium.cli.deploy import cmd_poc_up, poc_paths
-    from consortium.cli.submit import cmd_submit
+    from consortium.cli.submit import cmd_submit, export_for_submit
     from consortium.deploy import poc
 
     cmd_data_synth(step_args(args, "data", "synth"))
-    up = step_args(args, "poc", "up")
-    try:
-        cmd_poc_up(up)
-        return cmd_submit(step_args(args, "submit", args.job))
-    except KeyboardInterrupt:
-        print("interrupted: shutting the consortium down")
-        return 130
-    finally:
-        poc.down(poc_paths(up))
-        print("consortium stopped; no process left running")
+    up, submit = step_args(args, "poc", "up"), step_args(args, "submit", args.job)
+    # the job is exported while the consortium starts (its processes wait and import), not after: the same folder
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        exported = pool.submit(export_for_submit, submit)
+        try:
+            cmd_poc_up(up)
+            return cmd_submit(submit, exported=exported.result())
+        except KeyboardInterrupt:
+            print("interrupted: shutting the consortium down")
+            return 130
+        finally:
+            poc.down(poc_paths(up))
+            print("consortium stopped; no process left running")
 
 
 def add_simulate(sub) -> None:

@@ -10,21 +10,41 @@ from consortium.cli.results import finish_run
 from consortium.stats.features import PREFLIGHT_JOB
 
 
-def cmd_submit(args) -> int:
-    from consortium.cli.common import charter, job_spec
-    from consortium.deploy.admin import download as download_results
+def submit_spec(args):
+    """The job `submit` sends, with the command's overrides."""
+    from consortium.cli.common import job_spec
+
+    return job_spec(args).with_overrides(
+        Path(args.jobs) / args.job, rounds=args.rounds, round_timeout=args.round_timeout,
+        pretrained=getattr(args, "pretrained", None))  # fmt: skip
+
+
+def export_for_submit(args, spec=None, resume_from: str = ""):
+    """(spec, exported job folder) of the job `submit` sends. The demo calls it while the consortium starts: its
+    imports (torch, MONAI, FLARE's job API) were most of the demo's 5-10 s between "registered sites" and
+    "submitted job" (2026-12-07, load 3-7)."""
+    from consortium.cli.common import charter
     from consortium.jobs import export_job
+
+    spec = spec or submit_spec(args)
+    return spec, export_job(spec, Path(args.workspace) / "jobs", resume_from=resume_from, charter=charter(args))
+
+
+def cmd_submit(args, exported=None) -> int:
+    """`exported`: what export_for_submit(args) returned, when the job was exported beforehand (not with --resume:
+    the job it continues is asked of the server first)."""
+    from consortium.deploy.admin import download as download_results
 
     if args.job == PREFLIGHT_JOB:  # FLARE's federated statistics, not a training job
         from consortium.cli.preflight import cmd_submit_preflight
 
         return cmd_submit_preflight(args)
-    spec = job_spec(args).with_overrides(
-        Path(args.jobs) / args.job, rounds=args.rounds, round_timeout=args.round_timeout,
-        pretrained=getattr(args, "pretrained", None))  # fmt: skip
+    if exported is not None and args.resume:
+        raise ValueError("submit --resume exports the job once it knows which job it continues; not beforehand")
+    spec = exported[0] if exported else submit_spec(args)
     with admin_session(args) as sess:
         resume_from = resume_target(sess, spec.name, args.resume) if args.resume else ""
-        folder = export_job(spec, Path(args.workspace) / "jobs", resume_from=resume_from, charter=charter(args))
+        _, folder = exported or export_for_submit(args, spec, resume_from)
         job_id = submit_folder(sess, folder)
         print(f"submitted job '{spec.name}' as {job_id}" + (f", continuing job {resume_from}" if resume_from else ""))
         if args.no_wait:

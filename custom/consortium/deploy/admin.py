@@ -92,10 +92,15 @@ def refusal_lines(meta: dict) -> list[str]:
     return [f"{r['site']} refused the job at deployment: {r['reason']}" for r in refusals]
 
 
-def follow(sess, job_id: str, *, timeout: float, log=print, poll: float = 3.0, shown_refusals=None) -> str:
+def follow(sess, job_id: str, *, timeout: float, log=print, poll: float = 1.0, log_poll: float = 3.0,
+           shown_refusals=None) -> str:  # fmt: skip
     """Print the sites' refusals at deployment and the server's per-round progress lines while the job runs;
-    return its final status. `shown_refusals` (a set) collects the refusal lines printed."""
-    shown, deadline = 0, time.time() + timeout
+    return its final status. `shown_refusals` (a set) collects the refusal lines printed.
+
+    The status is looked at every `poll` s (about 15 ms a call), so the end is noticed within a second (it was
+    every 3 s); the server's job log, which grows to a few hundred KB, is fetched every `log_poll` s and once
+    more at the end, so no progress line is missed."""
+    shown, deadline, fetched = 0, time.time() + timeout, 0.0
     refused = set() if shown_refusals is None else shown_refusals
     while True:
         meta = sess.get_job_meta(job_id)
@@ -104,14 +109,17 @@ def follow(sess, job_id: str, *, timeout: float, log=print, poll: float = 3.0, s
             if line not in refused:
                 refused.add(line)
                 log("  " + line)
-        try:
-            lines = _lines(sess.get_job_logs(job_id, target="server"), "[progress]")
-        except Exception:  # the log store may not have the job yet
-            lines = []
-        for line in lines[shown:]:
-            log("  " + line.strip())
-        shown = max(shown, len(lines))
-        if status.startswith(DONE_PREFIX):
+        done = status.startswith(DONE_PREFIX)
+        if done or time.time() - fetched >= log_poll:
+            fetched = time.time()
+            try:
+                lines = _lines(sess.get_job_logs(job_id, target="server"), "[progress]")
+            except Exception:  # the log store may not have the job yet
+                lines = []
+            for line in lines[shown:]:
+                log("  " + line.strip())
+            shown = max(shown, len(lines))
+        if done:
             return status
         if time.time() > deadline:
             raise AdminError(
