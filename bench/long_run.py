@@ -3,11 +3,12 @@
     python bench/long_run.py [--rounds 300] [--every 50] [--job fedavg] [--tracemalloc]
 
 Three generated hospitals (32 px), HE on by default. Memory is the resident set (RSS) summed over each kit's
-processes (the parent and the job process), and the server's job process alone as the workflow records it
-after each round (`server_rss_mb` in metrics.json). Growth after warm-up (the first sample) is printed per
-column. --tracemalloc traces Python allocations in the server's job process (CONSORTIUM_TRACEMALLOC, see
-custom/consortium/workflows/memory.py) and prints, every --every rounds, the allocation sites that grew most:
-growth that shows there is held by Python objects, RSS growth that does not is native memory."""
+processes (the parent and the job process), and the server's job process alone as the workflow records it after
+each round (`server_rss_mb` in metrics.json, after glibc's malloc_trim; before it in brackets). Growth after
+warm-up (the first sample) is printed per column. --tracemalloc traces Python allocations in the server's job process
+(CONSORTIUM_TRACEMALLOC, see custom/consortium/workflows/memory.py) and prints, every --every rounds, the
+allocation sites that grew most: growth that shows there is held by Python objects, RSS growth that does not is
+native memory."""
 
 from __future__ import annotations
 
@@ -53,7 +54,9 @@ def main() -> None:
                 history = c.history(job, n)
                 seconds = sum(r["seconds"] for r in history["rounds"][n - args.every : n]) / args.every
                 job_rss = history["rounds"][n - 1].get("server_rss_mb", float("nan"))
-                rows.append((n, time.time() - start, seconds, rss_mb(c, "localhost"), job_rss, rss_mb(c, "site-a")))
+                untrimmed = history["rounds"][n - 1].get("server_rss_untrimmed_mb", float("nan"))
+                rows.append((n, time.time() - start, seconds, rss_mb(c, "localhost"), job_rss, rss_mb(c, "site-a"),
+                             untrimmed))  # fmt: skip
                 print(f"round {n}: server {rows[-1][3]:.0f} MB (job process {job_rss:.0f}), site-a "
                       f"{rows[-1][5]:.0f} MB", flush=True)  # fmt: skip
             status, _ = c.wait_done(job, args.job)
@@ -62,10 +65,12 @@ def main() -> None:
         finally:
             c("poc", "down", check=False)
     print(f"\n{args.rounds} rounds of {args.job} (3 sites, 32 px generated), final status {status}")
-    print("| round | elapsed s | s per round (last block) | server RSS MB | server job process MB | site-a RSS MB |")
+    print("| round | elapsed s | s per round (last block) | server RSS MB | server job process MB (before trim) "
+          "| site-a RSS MB |")  # fmt: skip
     print("|---|---|---|---|---|---|")
-    for n, elapsed, per_round, server, job_rss, site in rows:
-        print(f"| {n} | {elapsed:.0f} | {per_round:.2f} | {server:.0f} | {job_rss:.0f} | {site:.0f} |")
+    for n, elapsed, per_round, server, job_rss, site, untrimmed in rows:
+        job = f"{job_rss:.0f} ({untrimmed:.0f})"
+        print(f"| {n} | {elapsed:.0f} | {per_round:.2f} | {server:.0f} | {job} | {site:.0f} |")
     first, last = rows[0], rows[-1]
     print(f"growth after round {first[0]}: server {last[3] - first[3]:+.0f} MB (job process "
           f"{last[4] - first[4]:+.0f} MB), site-a {last[5] - first[5]:+.0f} MB")  # fmt: skip

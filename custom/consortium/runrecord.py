@@ -78,6 +78,7 @@ class Round:
     NOT_AWAITED = "not_awaited"
     AGGREGATED = "aggregated"
     SERVER_RSS_MB = "server_rss_mb"  # the server job process's resident memory after the round (workflows/memory.py)
+    SERVER_RSS_UNTRIMMED_MB = "server_rss_untrimmed_mb"  # the same before the allocator gave freed pages back
 
 
 class Site:
@@ -160,6 +161,7 @@ class RoundEntry(TypedDict, total=False):
     not_awaited: list[str]
     aggregated: bool
     server_rss_mb: float
+    server_rss_untrimmed_mb: float
 
 
 class CrossSiteMatrix(TypedDict):

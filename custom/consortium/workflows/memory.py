@@ -6,19 +6,37 @@ CONSORTIUM_TRACEMALLOC=N set in the server's environment (N >= 1: every N rounds
 Python allocations (tracemalloc) and appends, every N rounds, the 15 allocation sites that grew most since
 the first round to <run dir>/tracemalloc.txt: memory that grows there is held by Python objects; growth of
 RSS that does not show there is native (SEAL's memory pool, the C allocator's fragmentation, torch).
+
+After each round the probe also asks glibc to give freed heap pages back to the system (malloc_trim): a round
+allocates and frees hundreds of MB of ciphertext and checkpoint bytes in FLARE's many threads, and glibc keeps
+what each thread's arena freed. `server_rss_mb` is the RSS after that, `server_rss_untrimmed_mb` before it, so
+a long run shows how much of its growth was memory the allocator held but nobody used.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import time
 import tracemalloc
 
 import psutil
 
+from consortium.runrecord import Round
+
 ENV = "CONSORTIUM_TRACEMALLOC"
 FILE = "tracemalloc.txt"
 TOP = 15
+
+
+def _malloc_trim():
+    """glibc's malloc_trim(0), or None where the C library has none (macOS, musl)."""
+    name = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        return None
 
 
 def _every() -> int:
@@ -41,14 +59,18 @@ class MemoryProbe:
         self.every = _every()
         self._process = psutil.Process()
         self._first: tracemalloc.Snapshot | None = None
+        self._trim = _malloc_trim()
         if self.every and not tracemalloc.is_tracing():
             tracemalloc.start(12)
 
     def sample(self, round_number: int, run_dir: str) -> dict:
+        before = self._process.memory_info().rss / 2**20
+        if self._trim is not None:
+            self._trim(0)
         rss = self._process.memory_info().rss / 2**20
         if self.every:
             self._trace(round_number, run_dir, rss)
-        return {"server_rss_mb": round(rss, 1)}
+        return {Round.SERVER_RSS_MB: round(rss, 1), Round.SERVER_RSS_UNTRIMMED_MB: round(before, 1)}
 
     def _trace(self, round_number: int, run_dir: str, rss: float) -> None:
         ignored = [tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, "<frozen importlib.*")]
