@@ -12,6 +12,9 @@ Both HE paths use the same CKKS parameters (poly_modulus_degree 8192, coeff_mod_
 per-site weights (STEPS, the demo job's local steps per round), and run the real FLARE components
 standalone on a real FLContext + Workspace:
   ours   HEEncryptUpdate (site) -> HESumAggregator (server) -> HEDecryptModel (site)
+  quantised  the same with he: {pack: quantised, bits: 8, max_sites: 4, max_weight: 36} (he/quant.py): each
+         value an 8-bit integer in its layer's range (2 x the largest value of the model the sites started
+         from, here the initial model), 4 per CKKS slot; max_weight 36 = the largest site weight (STEPS)
   stock  nvflare.app_opt.he: HEModelEncryptor (site, weigh_by_local_iter=True) ->
          HEInTimeAccumulateWeightedAggregator (server, class default weigh_by_local_iter=False) ->
          HEModelDecryptor (site; the flat layers are then reshaped, as a site's learner does).
@@ -70,8 +73,9 @@ from nvflare.fuel.utils import fobs
 
 from consortium.aggregators.he import HESumAggregator
 from consortium.aggregators.weighted import weighted_mean
-from consortium.filters.he import HEDecryptModel, HEEncryptUpdate
+from consortium.filters.he import CTX_HE_REFERENCE, HEDecryptModel, HEEncryptUpdate
 from consortium.he.contexts import write_contexts
+from consortium.he.wire import PAYLOAD_KEY
 from consortium.jobs import load_job_spec
 from consortium.tasks import state_to_numpy
 from consortium.tasks.seg2d import build_model
@@ -171,6 +175,23 @@ class Ours:
         return from_shareable(self.decrypt_filter.process(data, fl_ctx(self.root, site))).data
 
 
+class Quantised(Ours):
+    """Ours with the quantised packing; the sites' reference (the model the round started from) is `reference`."""
+
+    name = "quantised"
+    SETTINGS = {"pack": "quantised", "bits": 8, "max_sites": 4, "max_weight": max(STEPS)}
+
+    def __init__(self, root: Path):
+        super().__init__(root)
+        self.encrypt_filters = {site: HEEncryptUpdate(**self.SETTINGS) for site in SITES}
+        self.reference: dict | None = None
+
+    def encrypt(self, site: str, result: Shareable) -> Shareable:
+        ctx = fl_ctx(self.root, site)
+        ctx.set_prop(CTX_HE_REFERENCE, self.reference, private=True, sticky=False)  # as HEDecryptModel leaves it
+        return self.encrypt_filters[site].process(result, ctx)
+
+
 class Stock:
     name = "stock"
 
@@ -221,9 +242,14 @@ class Plain:
 
 def site_models(model: torch.nn.Module, seed: int = 0) -> list[dict]:
     """The model's own initial weights plus small per-site noise, float32, one dict per site."""
-    base = state_to_numpy(model)
+    base = initial(model)
     rng = np.random.default_rng(seed)
     return [{k: (v + rng.normal(0, NOISE, v.shape)).astype(np.float32) for k, v in base.items()} for _ in SITES]
+
+
+def initial(model: torch.nn.Module) -> dict:
+    """The model every site started from (the quantised packing's reference for its ranges)."""
+    return state_to_numpy(model)
 
 
 def send(path, sites: list[dict]) -> tuple[list[bytes], list[float], list[float]]:
@@ -294,6 +320,25 @@ def stock_wire(blob: bytes) -> tuple[int, int, int]:
     return sum(math.ceil(v.size() / (CKKS["poly_modulus_degree"] // 2)) for v in vectors), ct, contexts
 
 
+def quantised_error(r: dict, want: dict) -> str:
+    """Where the quantised packing's largest error is, against its bound n x step x max_weight / total weight
+    (exceeded only where a site's value was clipped to its layer's range)."""
+    with quiet():
+        payload = from_shareable(fobs.loads(r["blobs"][0])).data[PAYLOAD_KEY]
+    qmax = 2 ** (Quantised.SETTINGS["bits"] - 1) - 1
+    scale = len(SITES) * Quantised.SETTINGS["max_weight"] / sum(STEPS) / qmax
+    worst = max(
+        ((float(np.abs(np.asarray(r["out"][name], dtype=np.float64) - want[name]).max()), name, rng * scale)
+         for (name, _, _), rng in zip(payload["layout"], payload["quant"]["ranges"], strict=True)),
+    )  # fmt: skip
+    over = sum(
+        float(np.abs(np.asarray(r["out"][name], dtype=np.float64) - want[name]).max()) > rng * scale
+        for (name, _, _), rng in zip(payload["layout"], payload["quant"]["ranges"], strict=True)
+    )
+    return (f"largest error {worst[0]:.2g} in {worst[1]} (its bound {worst[2]:.2g}); {over} of "
+            f"{len(payload['layout'])} layers over their bound (values clipped to the range)")  # fmt: skip
+
+
 def max_error(out: dict, want: dict) -> float:
     return max(float(np.abs(np.asarray(out[k], dtype=np.float64) - want[k]).max()) for k in want)
 
@@ -330,12 +375,14 @@ def bench_model(paths: dict, label: str, model: torch.nn.Module, repeat: int) ->
     sites = site_models(model)
     want = {k: v.astype(np.float64) for k, v in weighted_mean(sites, list(STEPS)).items()}
     n_params = sum(v.size for v in sites[0].values())
-    res = {name: measure_repeated(paths[name], sites, repeat) for name in ("ours", "stock", "plain")}
+    paths["quantised"].reference = initial(model)
+    res = {name: measure_repeated(paths[name], sites, repeat) for name in ("ours", "quantised", "stock", "plain")}
     weighted = {**res["stock"], **try_aggregate(paths["stock_weighted"](), res["stock"]["blobs"])}
     err = {name: max_error(r["out"], want) for name, r in res.items()}
     print(f"\n{label}: {n_params / 1e6:.2f} M parameters in {len(sites[0])} tensors, {len(SITES)} sites")
     print(HEADER)
     print(row("ours (packed, weight in ciphertext)", res["ours"], err["ours"]))
+    print(row("ours quantised (8 bits, 4 per slot)", res["quantised"], err["quantised"]))
     print(row("stock (aggregator weigh_by_local_iter=False)", res["stock"], err["stock"]))
     print(row("stock (aggregator weigh_by_local_iter=True)", weighted, None))
     print(row("plain (float32 arrays, FOBS)", res["plain"], err["plain"]))
@@ -347,6 +394,15 @@ def bench_model(paths: dict, label: str, model: torch.nn.Module, repeat: int) ->
     )
     ours, stock, plain = res["ours"], res["stock"], res["plain"]
     ratios = {"bytes": ours["bytes"] / stock["bytes"], "speedup": core(stock) / core(ours), "err": err["ours"]}
+    fp32 = 4 * n_params  # the update's float32 bytes (integer buffers counted as 4 bytes too)
+    ratios["quantised_fp32"] = res["quantised"]["bytes"] / fp32
+    ratios["quantised_err"] = err["quantised"]
+    print("  quantised: " + quantised_error(res["quantised"], want))
+    print(
+        f"  bytes per site / fp32 bytes of the update ({fp32 / 1e6:.2f} MB): ours {ours['bytes'] / fp32:.2f}x, "
+        f"quantised {ratios['quantised_fp32']:.2f}x, stock {stock['bytes'] / fp32:.1f}x, plain message "
+        f"{plain['bytes'] / fp32:.2f}x"
+    )
     print(
         f"  our bytes / stock bytes = {ratios['bytes']:.2f}; stock / ours: enc+agg+dec {ratios['speedup']:.2f}x, "
         f"total {total(stock) / total(ours):.2f}x; ours / plain: total {total(ours) / total(plain):.0f}x, "
@@ -408,7 +464,8 @@ def check(label: str, value: float, ok: bool) -> None:
 def bench_models(root: Path, repeat: int) -> dict:
     """The model tables; returns each model's ratios."""
     print(f"CKKS {CKKS}; sites {dict(zip(SITES, STEPS, strict=True))} (weights = local steps); times in seconds")
-    paths = {"ours": Ours(root), "stock": Stock(root), "plain": Plain()}
+    paths = {"ours": Ours(root), "quantised": Quantised(root), "stock": Stock(root), "plain": Plain()}
+    paths["quantised"].reference = {"w": np.full(4, 0.2, dtype=np.float32)}
     warm_up(list(paths.values()))  # the same instances run the benchmark
     paths["stock_weighted"] = lambda: Stock(root, server_weighs=True)  # a fresh one per try: a failure leaves state
     summary = {}
@@ -428,6 +485,8 @@ def targets(summary: dict, round_ratio: float | None) -> None:
         check("HE round <= 1.5x plaintext round", round_ratio, round_ratio <= 1.5)
     for label, r in summary.items():
         check(f"our max abs error <= 1e-4 ({label})", r["err"], r["err"] <= 1e-4)
+    for label, r in summary.items():
+        check(f"quantised bytes <= 2x the fp32 update ({label})", r["quantised_fp32"], r["quantised_fp32"] <= 2)
 
 
 def main() -> int:

@@ -56,7 +56,8 @@ def test_malformed_payloads_are_refused_with_a_reason(contexts):
         ({PAYLOAD_KEY: {**inner, "chunks": [b""]}}, "empty ones"),
         ({PAYLOAD_KEY: {**inner, "weight": -1.0}}, "aggregation weight -1.0"),
         ({PAYLOAD_KEY: {**inner, "layout": [["w"]]}}, "malformed layer layout"),
-        ({PAYLOAD_KEY: {**inner, VERSION_FIELD: 2}}, "format version 2"),
+        ({PAYLOAD_KEY: {**inner, VERSION_FIELD: 3}}, "format version 3"),
+        ({PAYLOAD_KEY: {**inner, VERSION_FIELD: 2}}, "quantised encrypted update with malformed packing fields"),
         ({"b": np.array([np.nan]), PAYLOAD_KEY: inner}, "NaN or Inf"),
     ]
     for bad, match in cases:

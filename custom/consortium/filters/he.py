@@ -14,7 +14,10 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 
 from consortium.he.contexts import CLIENT_CONTEXT, load_context
+from consortium.he.quant import Packing
 from consortium.he.wire import EncryptedUpdate, is_encrypted
+
+CTX_HE_REFERENCE = "consortium.he_reference"  # the plaintext model this task brought: the quantisation ranges
 
 
 class _SiteContext:
@@ -32,10 +35,16 @@ class HEEncryptUpdate(Filter):
 
     `encrypt_layers`: regexes of layer names to encrypt (None: all). Layers not matched travel in
     plaintext (already weighted) and are listed in the site log, so exposure is explicit.
+    `pack`: ckks (one float per slot) or quantised (he/quant.py's Packing: bits, max_sites, max_weight, margin).
     """
 
-    def __init__(self, encrypt_layers: list[str] | None = None):
+    def __init__(self, encrypt_layers: list[str] | None = None, pack: str = "ckks", bits: int = 8, max_sites: int = 4,
+                 max_weight: float = 1.0, margin: float = 2.0):  # fmt: skip
         super().__init__()
+        if pack not in ("ckks", "quantised"):
+            raise ValueError(f"HEEncryptUpdate: pack {pack!r}; use ckks (one float per slot) or quantised")
+        self.pack, self.bits, self.max_sites, self.max_weight, self.margin = pack, bits, max_sites, max_weight, margin
+        self.packing = Packing(bits, max_sites, max_weight, margin) if pack == "quantised" else None  # checks them
         if encrypt_layers is not None:
             if not encrypt_layers:
                 raise ValueError("HEEncryptUpdate: encrypt_layers is empty; use None to encrypt every layer")
@@ -54,7 +63,18 @@ class HEEncryptUpdate(Filter):
         if not weight or weight <= 0:
             raise ValueError("HEEncryptUpdate: the update carries no positive NUM_STEPS_CURRENT_ROUND weight")
         context = self._site.context(fl_ctx)
-        update = EncryptedUpdate.encrypt(context, dxo.data, weight=weight, encrypt_layers=self.encrypt_layers)
+        if self.packing is None:
+            update = EncryptedUpdate.encrypt(context, dxo.data, weight=weight, encrypt_layers=self.encrypt_layers)
+        else:
+            reference = fl_ctx.get_prop(CTX_HE_REFERENCE)  # None for a task without a model (submit_model)
+            update, clipped = EncryptedUpdate.encrypt_quantised(
+                context, dxo.data, weight=weight, packing=self.packing, reference=reference,
+                encrypt_layers=self.encrypt_layers,
+            )  # fmt: skip
+            if clipped:
+                margin = self.packing.margin
+                self.log_warning(fl_ctx, f"HE quantised: {clipped} value(s) beyond their layer's range "
+                                         f"({margin} x the global model's largest) were clipped")  # fmt: skip
         if update.exposed:
             self.log_info(fl_ctx, f"HE: {len(update.exposed)} layer(s) sent in plaintext by job setting: "
                                   f"{list(update.exposed)}")  # fmt: skip
@@ -73,9 +93,11 @@ class HEDecryptModel(Filter):
         if shareable.get_return_code(ReturnCode.OK) != ReturnCode.OK:
             return shareable  # refused on arrival (the site's audit trail): no model, the executor replies the error
         dxo = from_shareable(shareable)
-        if not is_encrypted(dxo.data):
-            return shareable  # the initial model is plaintext: nothing has been aggregated yet
+        if not is_encrypted(dxo.data):  # the initial model is plaintext: nothing has been aggregated yet
+            fl_ctx.set_prop(CTX_HE_REFERENCE, dxo.data, private=True, sticky=False)
+            return shareable
         dxo.data = decrypt_global(self._site.context(fl_ctx), dxo.data)
+        fl_ctx.set_prop(CTX_HE_REFERENCE, dxo.data, private=True, sticky=False)  # HEEncryptUpdate's ranges
         return dxo.update_shareable(shareable)
 
 

@@ -3,6 +3,8 @@
 Filters, the aggregator, the workflows and the model release speak only this type; no other module spells its
 keys. Encoded, an update is a params dict: the plaintext (exposed) layers, already weighted, beside one
 PAYLOAD_KEY entry {chunks, layout, weight, exposed_dtypes}. The same dict is the server's HE checkpoint.
+The quantised packing (he/quant.py) writes version 2 and a QUANT field {packing, ranges}: integers packed
+several per slot, with the layers' quantisation ranges in plaintext beside them.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Mapping
 
 import numpy as np
 
-from consortium.he import ckks
+from consortium.he import ckks, quant
 from consortium.he.ckks import Layout
 from consortium.he.contexts import HEContextError
 
@@ -20,7 +22,9 @@ PAYLOAD_KEY = "__he__"  # the one key of an encrypted params dict besides the pl
 # Version 1 is the format from before versions were named: it carries no version field, so its bytes are those
 # of every earlier run; a later format writes VERSION and an older reader refuses it with a reason.
 VERSION = 1
+QUANTISED_VERSION = 2  # the quantised packing: older readers refuse it instead of decrypting garbage
 CHUNKS, LAYOUT, WEIGHT, EXPOSED_DTYPES, VERSION_FIELD = "chunks", "layout", "weight", "exposed_dtypes", "version"
+QUANT = "quant"
 
 
 def is_encrypted(params) -> bool:
@@ -38,6 +42,9 @@ class EncryptedUpdate:
     weight: float
     exposed: Mapping[str, np.ndarray] = field(default_factory=dict)
     exposed_dtypes: Mapping[str, str] = field(default_factory=dict)
+    packing: quant.Packing | None = None  # None: one float per slot (weight x value); else quantised integers
+    ranges: tuple[float, ...] | None = None  # quantised: each encrypted layer's range, the same at every site
+    sites: int = 1  # how many site updates this sum holds (the quantised digits have headroom for max_sites)
 
     @classmethod
     def encrypt(cls, context, params: Mapping, *, weight: float, encrypt_layers: list[str] | None = None):
@@ -49,9 +56,41 @@ class EncryptedUpdate:
         plain = {n: np.asarray(params[n], dtype=np.float64) * weight for n in exposed}
         return cls(tuple(chunks), layout, float(weight), plain, {n: np.asarray(params[n]).dtype.str for n in exposed})
 
+    @classmethod
+    def encrypt_quantised(cls, context, params: Mapping, *, weight: float, packing: quant.Packing,
+                          reference: Mapping | None = None, encrypt_layers: list[str] | None = None,
+                          rng: np.random.Generator | None = None) -> tuple["EncryptedUpdate", int]:  # fmt: skip
+        """(update, values clipped): a site's update quantised to integers in its layers' ranges and packed
+        `packing.per_slot` per CKKS slot. The ranges come from `reference` (the global model this round started
+        from: the same at every site, so the sums line up); without one (a site's own model, never summed) from
+        the update itself."""
+        if weight > packing.max_weight:
+            raise ValueError(
+                f"HE: this site's aggregation weight {weight} exceeds he.max_weight {packing.max_weight}; the "
+                "quantised sum could overflow. Raise he.max_weight in the job to the largest weight a site has."
+            )
+        names, exposed = ckks.split_layers(params.keys(), encrypt_layers)
+        flat, layout = ckks.flatten(params, names)
+        source = reference if reference is not None and all(n in reference for n in names) else params
+        least = [float(packing.qmax) if np.issubdtype(np.dtype(d), np.integer) else 0.0 for d in layout.dtypes]
+        reference_values = [np.asarray(source[n], dtype=np.float64) for n in names]
+        layer_ranges = quant.ranges(reference_values, packing.margin, least)
+        sizes = [int(np.prod(shape, dtype=np.int64)) for _, shape in layout.layers]
+        step = quant.steps(layer_ranges, sizes, packing.qmax)
+        q, clipped = quant.quantise(flat * (weight / packing.max_weight), step, packing.qmax,
+                                    rng or np.random.default_rng())  # fmt: skip
+        slots = quant.pack(q, packing.base, packing.per_slot)
+        chunks = ckks.serialize(ckks.encrypt_low(context, slots))
+        plain = {n: np.asarray(params[n], dtype=np.float64) * weight for n in exposed}
+        dtypes = {n: np.asarray(params[n]).dtype.str for n in exposed}
+        return cls(tuple(chunks), layout, float(weight), plain, dtypes, packing, tuple(layer_ranges)), clipped
+
     def decrypt(self, context) -> dict[str, np.ndarray]:
         """The plaintext model (needs a site's secret key): decrypt the packed sum, divide by the total weight."""
-        flat = ckks.decrypt(context, list(self.chunks), self.layout.size) / self.weight
+        if self.packing is not None:
+            flat = self._decrypt_quantised(context)
+        else:
+            flat = ckks.decrypt(context, list(self.chunks), self.layout.size) / self.weight
         if flat.size and not (np.isfinite(flat).all() and np.abs(flat).max() < ckks.MAX_PLAUSIBLE_WEIGHT):
             raise HEContextError(
                 "decrypting the global model gave garbage: this site's HE key differs from the other sites' "
@@ -62,10 +101,30 @@ class EncryptedUpdate:
             out[name] = ckks.restore_dtype(value / self.weight, np.dtype(self.exposed_dtypes.get(name, "<f4")))
         return out
 
+    def _decrypt_quantised(self, context) -> np.ndarray:
+        packing = self.packing
+        slots_needed = -(-self.layout.size // packing.per_slot)
+        slots = ckks.decrypt(context, list(self.chunks), slots_needed) / ckks.level_factor(context)
+        try:
+            q = quant.unpack(slots, packing.base, packing.per_slot, self.layout.size)
+        except ValueError:
+            q = None
+        if q is None:
+            raise HEContextError(
+                "decrypting the global model gave garbage: this site's HE key differs from the other sites' "
+                "(kits from different provisioning runs?). Give every site a kit from the same provisioning."
+            )
+        sizes = [int(np.prod(shape, dtype=np.int64)) for _, shape in self.layout.layers]
+        step = quant.steps(list(self.ranges), sizes, packing.qmax)
+        return q * step * (packing.max_weight / self.weight)
+
     def encode(self) -> dict:
         """The params dict that travels (and that the server checkpoints)."""
         payload = {CHUNKS: list(self.chunks), LAYOUT: self.layout.to_wire(), WEIGHT: self.weight}
         payload[EXPOSED_DTYPES] = dict(self.exposed_dtypes)
+        if self.packing is not None:
+            payload[VERSION_FIELD] = QUANTISED_VERSION
+            payload[QUANT] = {"packing": self.packing.to_wire(), "ranges": list(self.ranges), "sites": self.sites}
         return {**self.exposed, PAYLOAD_KEY: payload}
 
     @classmethod
@@ -83,7 +142,24 @@ class EncryptedUpdate:
         if any(not np.all(np.isfinite(v)) for v in exposed.values()):
             raise ValueError(f"{who} sent exposed (unencrypted) layers with NaN or Inf")
         dtypes = {str(n): str(d) for n, d in (payload.get(EXPOSED_DTYPES) or {}).items()}
-        return cls(tuple(payload[CHUNKS]), layout, float(payload[WEIGHT]), exposed, dtypes)
+        packing, ranges, sites = _quant_fields(payload, layout, who)
+        return cls(tuple(payload[CHUNKS]), layout, float(payload[WEIGHT]), exposed, dtypes, packing, ranges, sites)
+
+
+def _quant_fields(payload, layout: Layout, who: str):
+    """(packing, ranges, sites) of a version-2 payload; (None, None, 1) for the float packing."""
+    if payload.get(VERSION_FIELD, VERSION) != QUANTISED_VERSION:
+        return None, None, 1
+    try:
+        fields_ = payload[QUANT]
+        packing = quant.Packing.from_wire(fields_["packing"])
+        ranges = tuple(float(r) for r in fields_["ranges"])
+        sites = int(fields_["sites"])
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ValueError(f"{who} sent a quantised encrypted update with malformed packing fields ({exc})") from None
+    if len(ranges) != len(layout.layers) or not all(np.isfinite(r) and r > 0 for r in ranges) or sites < 1:
+        raise ValueError(f"{who} sent a quantised encrypted update whose ranges do not match its layers")
+    return packing, ranges, sites
 
 
 def check_payload(payload, who: str) -> None:
@@ -91,9 +167,10 @@ def check_payload(payload, who: str) -> None:
     if not isinstance(payload, Mapping) or not {CHUNKS, LAYOUT, WEIGHT} <= set(payload):
         raise ValueError(f"{who} sent a malformed encrypted update (expected {CHUNKS}, {LAYOUT} and {WEIGHT})")
     version = payload.get(VERSION_FIELD, VERSION)
-    if version != VERSION:
+    if version not in (VERSION, QUANTISED_VERSION):
         raise ValueError(
-            f"{who} sent an encrypted update in format version {version!r}; this package reads version {VERSION}. "
+            f"{who} sent an encrypted update in format version {version!r}; this package reads versions "
+            f"{VERSION} and {QUANTISED_VERSION}. "
             "Install the same consortium package at every site and at the server."
         )
     chunks, weight = payload[CHUNKS], payload[WEIGHT]
@@ -113,6 +190,8 @@ class EncryptedSum:
         self._exposed: dict[str, np.ndarray] = {}
         self._dtypes: dict[str, str] = {}
         self._weight = 0.0
+        self._packing: tuple | None = None  # (packing, ranges) of the quantised updates summed so far
+        self._sites = 0
 
     @property
     def ciphertexts(self) -> list:
@@ -123,8 +202,20 @@ class EncryptedSum:
         """Add one update; a refused one (other layout, unreadable ciphertext) leaves the sum untouched."""
         if self._layout is not None and update.layout != self._layout:
             raise ValueError(f"{who} sent a model with a different layer layout than the other sites")
+        packing = (update.packing, update.ranges)
+        if self._layout is not None and packing != self._packing:
+            raise ValueError(
+                f"{who} sent an update packed differently from the other sites' (packing or quantisation ranges "
+                "differ: a different job setting, or a site that started the round from another global model)"
+            )
+        if update.packing is not None and self._sites + update.sites > update.packing.max_sites:
+            raise ValueError(
+                f"{who}: more than he.max_sites = {update.packing.max_sites} site updates this round; the quantised "
+                "sum would overflow its digits. Raise he.max_sites in the job to the number of sites."
+            )
         self._vectors = ckks.add_encrypted(self._context, self._vectors, list(update.chunks))  # all or nothing
-        self._layout = update.layout
+        self._layout, self._packing = update.layout, packing
+        self._sites += update.sites
         self._dtypes = dict(update.exposed_dtypes)
         for name, value in update.exposed.items():
             self._exposed[name] = self._exposed.get(name, 0.0) + value
@@ -134,4 +225,6 @@ class EncryptedSum:
         if self._vectors is None:
             raise ValueError("no site model was accepted this round")
         chunks = tuple(v.serialize() for v in self._vectors)
-        return EncryptedUpdate(chunks, self._layout, self._weight, dict(self._exposed), dict(self._dtypes))
+        packing, ranges = self._packing
+        return EncryptedUpdate(chunks, self._layout, self._weight, dict(self._exposed), dict(self._dtypes),
+                               packing, ranges, self._sites)  # fmt: skip

@@ -51,6 +51,35 @@ def validate(spec, source: Path) -> None:
     if spec.pretrained is not None:
         _validate_pretrained(spec, source)
     _validate_governance(spec, source)
+    if spec.he is not None and spec.he.quantised is not None:
+        _validate_quantised(spec, source)
+
+
+def _validate_quantised(spec, source: Path) -> None:
+    """The quantised HE packing's digits have headroom for max_sites sites of weight <= max_weight: refuse a job
+    that could exceed either (the encrypted sum would overflow silently)."""
+    settings = dict(spec.he.quantised)
+    weight_needed = 1 if spec.weighting == "uniform" else (spec.local_steps if spec.weighting == "steps" else None)
+    _refuse_failed(source, [
+        (
+            spec.algorithm != "scaffold" and spec.server_optimizer is None,
+            "he.pack",
+            "quantised takes its ranges from the global model, not measured with SCAFFOLD's controls or a server "
+            "optimizer's updates; use pack: ckks (the default) with them",
+        ),
+        (
+            spec.min_clients <= settings["max_sites"],
+            "he.max_sites",
+            f"{settings['max_sites']} is below min_clients {spec.min_clients}; set it to the number of sites",
+        ),
+        (
+            settings["max_weight"] >= (weight_needed or 2),
+            "he.max_weight",
+            f"{settings['max_weight']} is below a site's aggregation weight with weighting: {spec.weighting} "
+            + (f"(local_steps {weight_needed})" if weight_needed else "(its steps or samples)")
+            + "; set it to the largest weight a site may have, or use weighting: uniform",
+        ),
+    ])  # fmt: skip
 
 
 def _validate_governance(spec, source: Path) -> None:

@@ -15,17 +15,22 @@ from consortium.server_opt import ServerOptSettings
 @dataclass(frozen=True)
 class HESettings:
     """Aggregate CKKS-encrypted updates; `encrypt_layers`: regexes of the layers to encrypt (None: all; the
-    others travel in plaintext and each site's log lists them)."""
+    others travel in plaintext and each site's log lists them). `pack`: ckks (one float per slot) or quantised
+    (he/quant.py: `bits` per value, several per slot, with headroom for `max_sites` sites of weight at most
+    `max_weight`; a layer's range is `margin` x its largest global value; docs/encryption.md)."""
 
     encrypt_layers: tuple[str, ...] | None = None
+    quantised: tuple[tuple[str, float], ...] | None = None  # the Packing's settings; None: pack ckks
 
     @classmethod
     def from_dict(cls, raw, where: str = "he") -> "HESettings":
-        if not isinstance(raw, dict) or set(raw) - {"encrypt_layers"}:
-            raise ValueError(f"{where}: expected true, false or {{encrypt_layers: [regex, ...]}}, got {raw!r}")
+        keys = {"encrypt_layers", "pack", "bits", "max_sites", "max_weight", "margin"}
+        if not isinstance(raw, dict) or set(raw) - keys:
+            raise ValueError(f"{where}: expected true, false or a mapping of {sorted(keys)}, got {raw!r}")
+        quantised = _packing(raw, where)
         layers = raw.get("encrypt_layers")
         if layers is None:
-            return cls()
+            return cls(None, quantised)
         if not isinstance(layers, (list, tuple)) or not layers or not all(isinstance(p, str) for p in layers):
             raise ValueError(f"{where}.encrypt_layers: expected a non-empty list of regexes (or null: every layer)")
         for pattern in layers:
@@ -33,10 +38,37 @@ class HESettings:
                 re.compile(pattern)
             except re.error as exc:
                 raise ValueError(f"{where}.encrypt_layers: {pattern!r} is not a regex ({exc})") from None
-        return cls(tuple(layers))
+        return cls(tuple(layers), quantised)
 
     def to_dict(self) -> dict:
-        return {"encrypt_layers": None if self.encrypt_layers is None else list(self.encrypt_layers)}
+        """The job file's form (JobSpec(**d) reads it back), also HEEncryptUpdate's arguments."""
+        out = {"encrypt_layers": None if self.encrypt_layers is None else list(self.encrypt_layers)}
+        return {**out, "pack": "quantised", **dict(self.quantised)} if self.quantised is not None else out
+
+
+def _packing(raw: dict, where: str) -> tuple | None:
+    """The quantised packing's settings, checked by building the Packing (bits range, digits that fit a slot)."""
+    from consortium.he.quant import Packing
+
+    pack = raw.get("pack", "ckks")
+    if pack not in ("ckks", "quantised"):
+        raise ValueError(f"{where}.pack: {pack!r}; use ckks (one float per slot) or quantised (he/quant.py)")
+    extra = sorted({"bits", "max_sites", "max_weight", "margin"} & set(raw))
+    if pack == "ckks":
+        if extra:
+            raise ValueError(f"{where}: {extra} apply only with pack: quantised")
+        return None
+    settings = {k: raw[k] for k in extra}
+    for key in ("bits", "max_sites"):
+        if key in settings and (isinstance(settings[key], bool) or not isinstance(settings[key], int)):
+            raise ValueError(f"{where}.{key}: expected a whole number, got {settings[key]!r}")
+    for key in ("max_weight", "margin"):
+        if key in settings:
+            if isinstance(settings[key], bool) or not isinstance(settings[key], (int, float)):
+                raise ValueError(f"{where}.{key}: expected a number, got {settings[key]!r}")
+            settings[key] = float(settings[key])
+    packing = Packing(**settings)  # ValueError naming he.<setting>
+    return tuple(sorted(packing.to_wire().items()))
 
 
 @dataclass(frozen=True)
