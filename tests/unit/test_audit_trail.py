@@ -234,6 +234,21 @@ def test_an_encrypted_payload_is_marked_he_and_its_chunks_hashed_alike_at_both_e
     assert payload_digest(other).sha256 != digest.sha256  # one bit of one ciphertext chunk
 
 
+def test_leaves_hashed_on_threads_give_the_digest_of_the_walk_in_order(monkeypatch):
+    from consortium.audit_trail import digest
+    from consortium.he.wire import PAYLOAD_KEY
+
+    rng = np.random.default_rng(1)
+    chunks = [rng.bytes(digest.LEAF_BYTES + i) for i in range(12)] + [rng.bytes(100)]
+    data = {PAYLOAD_KEY: {"chunks": chunks, "weight": 3.0}, "bias": np.ones(4, np.float32)}
+    payload = DXO(DataKind.WEIGHTS, data=data, meta={"round": 1}).to_shareable()
+    monkeypatch.setattr(digest, "LEAF_THREADS", 4)
+    threaded = digest.payload_digest(payload)
+    monkeypatch.setattr(digest, "LEAF_THREADS", 1)  # every leaf hashed in the walk, one after another
+    digest._leaves.clear()
+    assert digest.payload_digest(payload) == threaded
+
+
 def test_audit_show_prints_a_table_and_verify_names_the_broken_line(tmp_path, capsys):
     path = _trail(tmp_path)
     assert main(["audit", "show", str(tmp_path)]) == 0  # a workspace folder: its consortium_trail/
