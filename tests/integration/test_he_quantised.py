@@ -15,6 +15,7 @@ from tests.integration.test_simulator import simulate_cmd
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.slow  # two simulator jobs: 693 s under load 15-21 on 2 cores (2026-12-07)
 def test_quantised_he_job_matches_plaintext_fedavg_within_the_quantisation_bound(small_sites, tmp_path):
     for job in ("fedavg_plain", "fedavg_quantised"):
         cmd, env = simulate_cmd(small_sites, tmp_path, job, "--rounds", "1", "--local-epochs", "1")

@@ -7,7 +7,7 @@ digits in base B = 2 max_sites qmax + 1) and encrypts P * 2^-FRACTION_BITS. The 
 of the sum is the sum of at most max_sites digits, so it never leaves (-B/2, B/2) and the digits stay separable.
 A site decrypts, rounds to the integer sum, reads the digits and multiplies by step * max_weight / total weight.
 
-Precision (CKKS 8192 / [60, 40, 40], scale 2^40, measured by tests/unit/test_he_quant.py): after the one plaintext
+Precision (CKKS 8192 / [60, 40, 40], scale 2^40; tests/unit/test_he_quant.py checks it): after the one plaintext
 multiplication (by 1, to drop to the 60-bit last level: half the bytes) a slot holds |v| < 2^19, and decryption
 errs by under 4e-8 (2^-24.6) for up to 16 sites once TenSEAL's scale bookkeeping (a fixed factor 1 + 6.7e-7: it
 records 2^40 where the rescale left 2^80 / q1) is divided out. With FRACTION_BITS 22 (unit 2.4e-7, rounding fails
