@@ -8,16 +8,15 @@ lists), numpy arrays as dtype + shape + raw bytes (C order), numpy scalars as th
 sets by their sorted parts, any other value FLARE can send by its FOBS bytes;
 a `bytes` value of LEAF_BYTES or more (HE ciphertext chunks) enters as its own SHA-256 and length, so the
 server, which sends one broadcast model's very same (immutable) chunk objects to every site, hashes each
-chunk once (a small identity cache that holds the objects it remembers). The leaves of one payload are hashed
-on a few threads before the walk (hashlib lets go of the GIL for large buffers), so an HE payload's SHA-256 takes
-about 1/cores of the time where cores are free: the encoding, and so every hash, is the same as hashed in
-order. `bytes` in a record is the payload's size: its raw bytes plus a few bytes per value.
+chunk once (a small identity cache that holds the objects it remembers). With LEAF_THREADS > 1 the leaves of one
+payload are hashed on that many threads before the walk (hashlib lets go of the GIL for large buffers); the
+encoding, and so every hash, is the same as hashed in order. `bytes` in a record is the payload's size: its raw
+bytes plus a few bytes per value.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import struct
 import threading
 from collections import OrderedDict
@@ -35,7 +34,10 @@ LEAF_BYTES = 1 << 16
 _CACHE_SIZE = 256  # leaves remembered (a broadcast model has a few dozen chunks)
 _leaves: OrderedDict[int, tuple[bytes, bytes]] = OrderedDict()  # id -> (the object itself, its SHA-256)
 _leaves_lock = threading.Lock()
-LEAF_THREADS = min(4, os.cpu_count() or 1)  # threads that hash one payload's leaves (1: in the walk, in order)
+# Threads that hash one payload's leaves (1: in the walk, in order). 1: on this 2-core shared machine, 2 threads
+# were no faster in wall time and cost ~1 ms more CPU per 12.8 MB (bench/audit_record.py, docs/results.md); a
+# server with idle cores may set min(4, os.cpu_count()) (not measured here).
+LEAF_THREADS = 1
 _pool: ThreadPoolExecutor | None = None
 
 
