@@ -93,6 +93,14 @@ def _extend(path: Path, fd: int, state: _Verified | None) -> _Verified:
     return _Verified(file, st.st_size, st.st_mtime_ns, n, last, head, seq)
 
 
+def _caught_up(path: Path, fd: int) -> _Verified:
+    """This process's verified state of the trail at `path`, extended over what was appended since (the caller
+    holds the file's lock)."""
+    with _verified_lock:
+        state = _verified.get(str(path.resolve()))
+    return _extend(path, fd, state)
+
+
 def check(path: str | Path) -> None:
     """Raise a TrailError naming the first broken line unless the trail verifies (or does not exist yet), as
     `append` would before its next record; the state is kept, so the next append reads only what is new."""
@@ -102,12 +110,9 @@ def check(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)
-        key = str(path.resolve())
+        state = _caught_up(path, fd)
         with _verified_lock:
-            state = _verified.get(key)
-        state = _extend(path, fd, state)
-        with _verified_lock:
-            _verified[key] = state
+            _verified[str(path.resolve())] = state
     finally:
         os.close(fd)
 
@@ -122,9 +127,7 @@ def append(path: str | Path, entry: dict) -> dict:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         key = str(path.resolve())
-        with _verified_lock:
-            state = _verified.get(key)
-        state = _extend(path, fd, state)
+        state = _caught_up(path, fd)
         record = {**entry, SEQ: state.seq, PREV: state.head}
         record[HASH] = record_hash(record)
         line = json.dumps(record, separators=(",", ":"), ensure_ascii=True).encode()
