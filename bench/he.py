@@ -14,7 +14,8 @@ standalone on a real FLContext + Workspace:
   ours   HEEncryptUpdate (site) -> HESumAggregator (server) -> HEDecryptModel (site)
   quantised  the same with he: {pack: quantised, bits: 8, max_sites: 4, max_weight: 36} (he/quant.py): each
          value an 8-bit integer in its layer's range (2 x the largest value of the model the sites started
-         from, here the initial model), 4 per CKKS slot; max_weight 36 = the largest site weight (STEPS)
+         from, here the initial model), 4 per CKKS slot; max_weight 36 = the largest site weight (STEPS);
+         a second row with bits: 6 (5 per slot)
   stock  nvflare.app_opt.he: HEModelEncryptor (site, weigh_by_local_iter=True) ->
          HEInTimeAccumulateWeightedAggregator (server, class default weigh_by_local_iter=False) ->
          HEModelDecryptor (site; the flat layers are then reshaped, as a site's learner does).
@@ -179,11 +180,11 @@ class Quantised(Ours):
     """Ours with the quantised packing; the sites' reference (the model the round started from) is `reference`."""
 
     name = "quantised"
-    SETTINGS = {"pack": "quantised", "bits": 8, "max_sites": 4, "max_weight": max(STEPS)}
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, bits: int = 8):
         super().__init__(root)
-        self.encrypt_filters = {site: HEEncryptUpdate(**self.SETTINGS) for site in SITES}
+        self.settings = {"pack": "quantised", "bits": bits, "max_sites": 4, "max_weight": max(STEPS)}
+        self.encrypt_filters = {site: HEEncryptUpdate(**self.settings) for site in SITES}
         self.reference: dict | None = None
 
     def encrypt(self, site: str, result: Shareable) -> Shareable:
@@ -320,13 +321,13 @@ def stock_wire(blob: bytes) -> tuple[int, int, int]:
     return sum(math.ceil(v.size() / (CKKS["poly_modulus_degree"] // 2)) for v in vectors), ct, contexts
 
 
-def quantised_error(r: dict, want: dict) -> str:
+def quantised_error(r: dict, want: dict, settings: dict) -> str:
     """Where the quantised packing's largest error is, against its bound n x step x max_weight / total weight
     (exceeded only where a site's value was clipped to its layer's range)."""
     with quiet():
         payload = from_shareable(fobs.loads(r["blobs"][0])).data[PAYLOAD_KEY]
-    qmax = 2 ** (Quantised.SETTINGS["bits"] - 1) - 1
-    scale = len(SITES) * Quantised.SETTINGS["max_weight"] / sum(STEPS) / qmax
+    qmax = 2 ** (settings["bits"] - 1) - 1
+    scale = len(SITES) * settings["max_weight"] / sum(STEPS) / qmax
     worst = max(
         ((float(np.abs(np.asarray(r["out"][name], dtype=np.float64) - want[name]).max()), name, rng * scale)
          for (name, _, _), rng in zip(payload["layout"], payload["quant"]["ranges"], strict=True)),
@@ -375,14 +376,16 @@ def bench_model(paths: dict, label: str, model: torch.nn.Module, repeat: int) ->
     sites = site_models(model)
     want = {k: v.astype(np.float64) for k, v in weighted_mean(sites, list(STEPS)).items()}
     n_params = sum(v.size for v in sites[0].values())
-    paths["quantised"].reference = initial(model)
-    res = {name: measure_repeated(paths[name], sites, repeat) for name in ("ours", "quantised", "stock", "plain")}
+    paths["quantised"].reference = paths["quantised6"].reference = initial(model)
+    names = ("ours", "quantised", "quantised6", "stock", "plain")
+    res = {name: measure_repeated(paths[name], sites, repeat) for name in names}
     weighted = {**res["stock"], **try_aggregate(paths["stock_weighted"](), res["stock"]["blobs"])}
     err = {name: max_error(r["out"], want) for name, r in res.items()}
     print(f"\n{label}: {n_params / 1e6:.2f} M parameters in {len(sites[0])} tensors, {len(SITES)} sites")
     print(HEADER)
     print(row("ours (packed, weight in ciphertext)", res["ours"], err["ours"]))
     print(row("ours quantised (8 bits, 4 per slot)", res["quantised"], err["quantised"]))
+    print(row("ours quantised (6 bits, 5 per slot)", res["quantised6"], err["quantised6"]))
     print(row("stock (aggregator weigh_by_local_iter=False)", res["stock"], err["stock"]))
     print(row("stock (aggregator weigh_by_local_iter=True)", weighted, None))
     print(row("plain (float32 arrays, FOBS)", res["plain"], err["plain"]))
@@ -396,11 +399,14 @@ def bench_model(paths: dict, label: str, model: torch.nn.Module, repeat: int) ->
     ratios = {"bytes": ours["bytes"] / stock["bytes"], "speedup": core(stock) / core(ours), "err": err["ours"]}
     fp32 = 4 * n_params  # the update's float32 bytes (integer buffers counted as 4 bytes too)
     ratios["quantised_fp32"] = res["quantised"]["bytes"] / fp32
+    ratios["quantised6_fp32"] = res["quantised6"]["bytes"] / fp32
     ratios["quantised_err"] = err["quantised"]
-    print("  quantised: " + quantised_error(res["quantised"], want))
+    for name, bits in (("quantised", 8), ("quantised6", 6)):
+        print(f"  quantised {bits} bits: " + quantised_error(res[name], want, paths[name].settings))
     print(
         f"  bytes per site / fp32 bytes of the update ({fp32 / 1e6:.2f} MB): ours {ours['bytes'] / fp32:.2f}x, "
-        f"quantised {ratios['quantised_fp32']:.2f}x, stock {stock['bytes'] / fp32:.1f}x, plain message "
+        f"quantised 8 bits {ratios['quantised_fp32']:.2f}x, 6 bits {ratios['quantised6_fp32']:.2f}x, "
+        f"stock {stock['bytes'] / fp32:.1f}x, plain message "
         f"{plain['bytes'] / fp32:.2f}x"
     )
     print(
@@ -464,8 +470,9 @@ def check(label: str, value: float, ok: bool) -> None:
 def bench_models(root: Path, repeat: int) -> dict:
     """The model tables; returns each model's ratios."""
     print(f"CKKS {CKKS}; sites {dict(zip(SITES, STEPS, strict=True))} (weights = local steps); times in seconds")
-    paths = {"ours": Ours(root), "quantised": Quantised(root), "stock": Stock(root), "plain": Plain()}
-    paths["quantised"].reference = {"w": np.full(4, 0.2, dtype=np.float32)}
+    paths = {"ours": Ours(root), "quantised": Quantised(root), "quantised6": Quantised(root, bits=6),
+             "stock": Stock(root), "plain": Plain()}  # fmt: skip
+    paths["quantised"].reference = paths["quantised6"].reference = {"w": np.full(4, 0.2, dtype=np.float32)}
     warm_up(list(paths.values()))  # the same instances run the benchmark
     paths["stock_weighted"] = lambda: Stock(root, server_weighs=True)  # a fresh one per try: a failure leaves state
     summary = {}
@@ -486,7 +493,8 @@ def targets(summary: dict, round_ratio: float | None) -> None:
     for label, r in summary.items():
         check(f"our max abs error <= 1e-4 ({label})", r["err"], r["err"] <= 1e-4)
     for label, r in summary.items():
-        check(f"quantised bytes <= 2x the fp32 update ({label})", r["quantised_fp32"], r["quantised_fp32"] <= 2)
+        for key, bits in (("quantised_fp32", 8), ("quantised6_fp32", 6)):
+            check(f"quantised {bits} bits: bytes <= 2x the fp32 update ({label})", r[key], r[key] <= 2)
 
 
 def main() -> int:
