@@ -29,25 +29,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import re
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from datetime import datetime
 from pathlib import Path
+
+from round_floor import floor
+from round_logs import SEGMENTS, from_logs
 
 ROOT = Path(__file__).resolve().parents[1]
 
 MODELS = {"demo": ("demo UNet", "seg2d"), "5m": ("UNet 56..448", "seg2d_5m")}
 # round_timeout: a deadline only; on a busy machine a round can take minutes, and a dropped site is not a timing
 EXTRAS = "cross_site: false\ntrain_alone: false\nfinetune_epochs: 0\naudit: false\nround_timeout: 3600\n"
-STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
-SEGMENTS = ("dispatch", "decrypt", "site task", "after task", "upload", "accept", "close", "save model",
-            "checkpoint")  # fmt: skip
 
 
 def uptime() -> str:
@@ -63,81 +60,6 @@ def write_jobs(folder: Path, source: Path) -> None:
         for kind, base in (("plain", "fedavg_plain"), ("he", "fedavg")):
             (folder / f"{model}_{kind}").mkdir(exist_ok=True)
             (folder / f"{model}_{kind}" / "job.yaml").write_text(f"base: {base}\ntask: {task}\n{EXTRAS}")
-
-
-# -- the floor: the same rounds without FLARE ------------------------------------------------------------
-
-
-def _site_worker(site: str, site_configs: Path, spec: dict, conn) -> None:
-    """One site's rounds as the executor runs them (evaluate received, train, evaluate), without FLARE."""
-    import torch
-
-    # A session of its own, as every FLARE site process has (simulator workers, POC kits): with the kernel's
-    # autogroup scheduling each session gets an equal share of a busy machine, so the floor is not starved.
-    os.setsid()
-
-    from consortium.config import load_site_config
-    from consortium.tasks import get_task, load_numpy_state, round_lr, state_to_numpy
-
-    torch.set_num_threads(1)
-    torch.manual_seed(spec["seed"])
-    cfg = load_site_config(site, site_configs)
-    task = get_task(spec["task"])
-    model = task.build_model()
-    train, val, _ = task.make_loaders(cfg, batch_size=spec["batch_size"], seed=spec["seed"])
-    conn.send("ready")
-    while (msg := conn.recv()) is not None:
-        number, params = msg
-        start = time.perf_counter()
-        load_numpy_state(model, params)
-        task.evaluate(model, val)
-        lr = round_lr(spec["lr"], number, spec["rounds"], spec["lr_schedule"])
-        task.train(model, train, epochs=spec["local_epochs"], lr=lr)
-        task.evaluate(model, val)
-        conn.send((state_to_numpy(model), time.perf_counter() - start))
-
-
-def floor(job: str, jobs: Path, rounds: int, site_configs: Path) -> dict:
-    """Seconds per round (rounds 1..) and the slowest site's task, with a process per site and no FLARE."""
-    import numpy as np
-    import torch
-
-    from consortium.config import load_site_configs
-    from consortium.jobs import load_job_spec
-    from consortium.tasks import get_task, state_to_numpy
-
-    spec = load_job_spec(job, jobs)
-    settings = {k: getattr(spec, k) for k in ("task", "seed", "batch_size", "lr", "lr_schedule", "local_epochs")}
-    settings["rounds"] = rounds
-    ctx = mp.get_context("spawn")
-    pipes, procs = [], []
-    for site in load_site_configs(site_configs):
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_site_worker, args=(site, site_configs, settings, child), daemon=True)
-        proc.start()
-        pipes.append(parent), procs.append(proc)
-    try:
-        for pipe in pipes:
-            assert pipe.recv() == "ready"
-        torch.manual_seed(spec.seed)
-        params = state_to_numpy(get_task(spec.task).build_model())
-        periods, tasks = [], []
-        for number in range(rounds):
-            start = time.perf_counter()
-            for pipe in pipes:
-                pipe.send((number, params))
-            results = [pipe.recv() for pipe in pipes]
-            params = {k: np.mean([r[0][k] for r in results], axis=0).astype(v.dtype) for k, v in params.items()}
-            periods.append(time.perf_counter() - start)
-            tasks.append(max(r[1] for r in results))
-        for pipe in pipes:
-            pipe.send(None)
-    finally:
-        for proc in procs:
-            proc.join(timeout=30)
-            if proc.is_alive():
-                proc.terminate()
-    return {"round": periods[1:], "task": tasks[1:], "segments": {}}
 
 
 # -- FLARE: the simulator and a POC consortium ----------------------------------------------------------
@@ -190,69 +112,6 @@ def poc(cli: Cli, job: str, rounds: int) -> dict:
     sites = {name: path for name, path in sites.items() if name.startswith("hospital-")}
     server = next((cli.tmp / "runs" / job / "download").rglob("log.txt"))  # the server's, in the job's download
     return from_logs(server, sites, cli.tmp / "runs" / job / "metrics.json")
-
-
-# -- where a round's time goes, from FLARE's log lines ------------------------------------------------
-
-
-def _events(path: Path, patterns: dict[str, str]) -> dict[str, list[float]]:
-    """{event: [seconds since the epoch of each line matching its regex, in order]}."""
-    found = {name: [] for name in patterns}
-    compiled = {name: re.compile(p) for name, p in patterns.items()}
-    for line in path.read_text(errors="replace").splitlines():
-        stamp = STAMP.match(line)
-        if not stamp:
-            continue
-        for name, regex in compiled.items():
-            if regex.search(line):
-                found[name].append(datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp())
-    return found
-
-
-def from_logs(server_log: Path, site_logs: dict[str, Path], metrics: Path) -> dict:
-    """Seconds per round (rounds 1..), the slowest site's task and the breakdown of each round's period."""
-    server = _events(server_log, {
-        "send": r"Sending task train to", "next": r"Sending task \w+ to", "exit": r"task train exit with status",
-        "progress": r"\[progress\] round \d+/", "saved": r"Model saved to",
-    })  # fmt: skip
-    got = {s: _events(server_log, {"got": rf"got result from client {s} for task: name=train",
-                                   "done": rf"peer={s},.*task_name=train.*finished processing client result"})
-           for s in site_logs}  # fmt: skip
-    site = {s: _events(path, {"got": r"got task assignment: name=train,", "invoke": r"task_name=train,.*invoking task",
-                              "line": rf"{s} round \d+: ", "send": r"task_name=train,.*start to send task result"})
-            for s, path in site_logs.items()}  # fmt: skip
-    records = {r["round"]: r for r in json.loads(metrics.read_text())["rounds"]}
-    starts = server["send"]
-    periods, tasks, segments = [], [], {k: [] for k in SEGMENTS}
-
-    def first(times, after, before):
-        return next((t for t in times if after <= t < before), None)
-
-    for r in range(1, len(starts)):  # by time window: a site dropped from a round (timeout) has no entry in it
-        start, nxt = starts[r], first(server["next"], starts[r] + 1e-3, float("inf"))
-        if nxt is None:
-            break
-        arrived = {s: first(got[s]["got"], start, nxt) for s in site_logs}
-        arrived = {s: t for s, t in arrived.items() if t is not None}
-        if not arrived or r not in records:
-            continue
-        last = max(arrived, key=arrived.get)  # the round's slowest site: its result came last
-        s, g = site[last], got[last]
-        taken = first(s["got"], start, nxt)
-        invoked = first(s["invoke"], taken or start, nxt)
-        line = first(s["line"], invoked or start, nxt)
-        sent = first(s["send"], line or start, nxt)
-        done = first(g["done"], arrived[last], nxt)
-        progress = first(server["progress"], done or start, nxt)
-        if None in (taken, invoked, line, sent, done, progress):
-            continue
-        saved = first(server["saved"], progress, nxt) or progress  # none once the file is written at the end only
-        points = [start, taken, invoked, line, sent, arrived[last], done, progress, saved, nxt]
-        for name, a, b in zip(SEGMENTS, points[:-1], points[1:], strict=True):
-            segments[name].append(b - a)
-        periods.append(nxt - start)
-        tasks.append(max(m["task_seconds"] for m in records[r]["sites"].values()))
-    return {"round": periods, "task": tasks, "segments": segments}
 
 
 # -- the table ---------------------------------------------------------------------------------------
