@@ -44,16 +44,12 @@ from pathlib import Path
 
 import pydicom
 import torch
-from monai.data import PydicomReader
-from monai.transforms import Compose, LoadImage, LoadImaged
+from data_loading import clear_label_caches, clocks, sample_records, since, time_loading, time_round
 
 from consortium.config import load_site_configs
-from consortium.data import labels
 from consortium.data.index import index_site
-from consortium.data.manifest import load_records
 from consortium.data.series import scan_folder
 from consortium.data.synth import generate_site
-from consortium.tasks import seg2d
 
 PROFILE = """\
 org: bench_site
@@ -72,21 +68,6 @@ DEFAULTS = "data:\n  dir: data/{site}\n  manifest: manifest.csv\n  modality: CT\
 
 def silent(_message: str) -> None:
     """Progress lines are not wanted in a timed run."""
-
-
-def clocks():
-    return time.perf_counter(), time.process_time()
-
-
-def since(start) -> tuple[float, float]:
-    wall, cpu = clocks()
-    return wall - start[0], cpu - start[1]
-
-
-def clear_label_caches() -> None:
-    """NIfTI volumes and SEG objects are cached per file (data.labels); a timed run starts cold."""
-    labels._nifti.cache_clear()
-    labels._seg.cache_clear()
 
 
 def make_site(root: Path, size: int, patients: int, slices: int):
@@ -128,63 +109,6 @@ def decode_all(cfg) -> int:
             ds.pixel_array  # noqa: B018 - decoding is the point
         files += 1
     return files
-
-
-def sample_records(cfg, limit: int) -> list[dict]:
-    """Up to `limit` manifest records, whole series taken evenly across the site (0: all)."""
-    records, _ = load_records(cfg, decode=False)
-    series: dict[str, list[dict]] = {}
-    for r in records["train"] + records["val"]:
-        series.setdefault(str(Path(r["image"]).parent), []).append(r)
-    groups = list(series.values())
-    step = max(1, -(-sum(map(len, groups)) // limit)) if limit > 0 else 1  # every step-th series
-    return [r for g in groups[::step] for r in g]
-
-
-def loaders_to_time(cfg) -> dict:
-    _, report = load_records(cfg, decode=False)
-    size = seg2d._site_size(report)  # the size make_loaders uses for this site
-    label_map = cfg.data.label_map
-    image_only = LoadImage(reader="PydicomReader", image_only=True)
-    with_label = Compose([LoadImaged(keys="image", reader=PydicomReader(swap_ij=False), image_only=True),
-                          seg2d.LoadLabeld(label_map)])  # fmt: skip
-    ours = seg2d.deterministic_transforms(size, label_map)
-    return {
-        "pydicom dcmread + pixel_array (image)": lambda r: pydicom.dcmread(r["image"]).pixel_array,
-        'MONAI LoadImage(reader="PydicomReader") (image)': lambda r: image_only(r["image"]),
-        "MONAI LoadImaged + our LoadLabeld (image + label)": with_label,
-        f"ours: deterministic_transforms({size[0]}x{size[1]}) (everything)": ours,
-    }
-
-
-def time_loading(cfg, records: list[dict]) -> list[tuple[str, float, float]]:
-    rows = []
-    for name, fn in loaders_to_time(cfg).items():
-        fn(dict(records[0]))  # warm-up: imports, reader and decoder plugin probes
-        clear_label_caches()
-        start = clocks()
-        for r in records:
-            fn(dict(r))
-        rows.append((name, *since(start)))
-    return rows
-
-
-def time_round(cfg) -> dict:
-    clear_label_caches()
-    start = clocks()
-    train_loader, _, _ = seg2d.make_loaders(cfg, batch_size=8)
-    prepare = since(start)
-    start = clocks()
-    for _ in train_loader:
-        pass
-    augment = since(start)
-    torch.manual_seed(0)
-    model = seg2d.build_model()
-    start = clocks()
-    result = seg2d.train(model, train_loader, epochs=1, lr=1e-3)
-    epoch = since(start)
-    return {"slices": len(train_loader.dataset), "steps": result.steps, "prepare": prepare, "augment": augment,
-            "epoch": epoch}  # fmt: skip
 
 
 def both(t: tuple[float, float]) -> str:
