@@ -12,7 +12,7 @@ from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 
 from consortium.aggregators.he import check_payload
 from consortium.aggregators.weighted import WeightedSum
-from consortium.executors.trainer import check_finite
+from consortium.executors.round_plan import check_finite
 from consortium.filters.he import decrypt_global
 from consortium.he.contexts import CLIENT_CONTEXT
 from consortium.privacy import ledger

@@ -39,7 +39,7 @@ class HeartStatistics(Statistics):
 
     def initialize(self, fl_ctx: FLContext):
         from consortium.config import load_site_config
-        from consortium.executors.trainer import site_config_dir
+        from consortium.executors.site_config import site_config_dir
         from consortium.tasks.heart import load_site
 
         cfg = load_site_config(fl_ctx.get_identity_name(), site_config_dir(fl_ctx))

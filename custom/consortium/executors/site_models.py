@@ -25,7 +25,7 @@ FINETUNE_LR_FACTOR = 0.1  # fine-tuning adapts the shared model at a tenth of th
 
 
 class SiteModels:
-    """Needs SiteTrainer's model, loaders, task, lr settings, `_epochs()` and `training` (executors/training.py)."""
+    """Needs SiteTrainer's model, loaders, task, lr settings, `_epochs()` (executors/round_plan.py) and `training`."""
 
     def _validate(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         incoming = FLModelUtils.from_shareable(shareable)

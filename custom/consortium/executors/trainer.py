@@ -2,30 +2,27 @@
 
 from __future__ import annotations
 
-import math
-import os
 import time
 
 import torch
 from nvflare.apis.dxo import from_shareable
 from nvflare.apis.executor import Executor
-from nvflare.apis.fl_constant import FLContextKey, FLMetaKey, ReturnCode
+from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.signal import Signal
-from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
-from nvflare.app_common.app_constant import AlgorithmConstants
 from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 
 from consortium import constants as C
-from consortium.algorithms import WEIGHTINGS, FedProx, Scaffold, ServerMomentum, split_controls, with_controls
+from consortium.algorithms import Scaffold, ServerMomentum, split_controls
 from consortium.config import load_site_config
 from consortium.executors.audit import audit_task
+from consortium.executors.round_plan import RoundPlan, check_finite
 from consortium.executors.server_step import SiteServerStep
 from consortium.executors.site_budget import JobBudget
+from consortium.executors.site_config import site_config_dir
 from consortium.executors.site_models import SiteModels
 from consortium.executors.training import Site, local_training
-from consortium.governance.gate import approval_meta
 from consortium.jobs.spec import JOB_DEFAULTS
 from consortium.privacy import ledger
 from consortium.privacy.budget import BudgetRefused
@@ -33,29 +30,7 @@ from consortium.privacy.settings import DPSGDSettings, DPUpdateSettings
 from consortium.tasks import get_task, load_numpy_state, round_lr, state_to_numpy
 
 
-def site_config_dir(fl_ctx: FLContext) -> str | None:
-    """A kit's `local/consortium/` (written by `consortium provision`), else None for $CONSORTIUM_SITE_CONFIGS."""
-    workspace = fl_ctx.get_prop(FLContextKey.WORKSPACE_OBJECT)
-    if workspace is not None and not os.environ.get(C.ENV_SITE_CONFIG_DIR):
-        folder = os.path.join(workspace.get_site_config_dir(), C.KIT_SITE_CONFIG_FOLDER)
-        if os.path.isdir(folder):
-            return folder
-    return None
-
-
-
-def check_finite(model: torch.nn.Module, loss: float) -> None:
-    """Refuse to send an update with NaN or Inf (a diverged local run): the round goes on without it."""
-    bad = [name for name, value in model.state_dict().items() if not bool(torch.isfinite(value).all())]
-    if bad or not math.isfinite(loss):
-        where = f"{len(bad)} layer(s), e.g. {bad[0]}" if bad else "the loss"
-        raise ValueError(
-            f"local training diverged: NaN or Inf in {where} (loss {loss}); the update was not sent. "
-            "Lower the job's lr, or check this site's data for NaN pixels"
-        )
-
-
-class SiteTrainer(SiteModels, Executor):
+class SiteTrainer(RoundPlan, SiteModels, Executor):
     """Runs the job's task at a site on the data named by that site's own config.
 
     Job settings (task, epochs, lr, batch size) come from the job, parsed and checked once by JobSpec (its
@@ -246,49 +221,4 @@ class SiteTrainer(SiteModels, Executor):
             f"of received model {received_dice:.3f}, after local training {local_dice:.3f}; loss {result.loss:.3f}, "
             f"{result.steps} steps in {result.seconds:.1f} s{self.training.spent()}",
         )
-        # what leaves: the local model (plus FedAvgM's term beta * (w_t - w_{t-1}) if the job has server momentum)
-        params = self._momentum.outgoing(self.local_params) if self._momentum is not None else self.local_params
-        if self._server_step is not None:  # a server-optimizer job sends w_i - w_t and its w_t's fingerprint
-            params = self._server_step.outgoing(params)
-            metrics.update(self._server_step.report())
-        if self._scaffold is not None:  # c_i travels with the weights: averaged (and encrypted) like them
-            params = with_controls(params, self._scaffold.end_round(self.model))
-        out = FLModel(
-            params=params,
-            params_type=ParamsType.FULL,
-            metrics=metrics,
-            # the aggregation weight (FLARE's convention: NUM_STEPS_CURRENT_ROUND); HE sites encrypt weight x model
-            meta={
-                FLMetaKey.NUM_STEPS_CURRENT_ROUND: self._weight(result.steps),
-                **({C.META_PSEUDO_GRADIENT: True} if self._server_step is not None else {}),
-                **self.training.report(),  # the site's PrivacyGuard (local/privacy.json) checks these
-                **approval_meta(fl_ctx),  # what this site's kit approved the job by (governance/gate.py)
-            },
-        )
-        return FLModelUtils.to_shareable(out)
-
-    def _epochs(self) -> int:
-        """Passes over the data this round: local_epochs, or enough to take local_steps steps."""
-        if self.local_steps is None:
-            return self.local_epochs
-        return -(-self.local_steps // max(len(self.train_loader), 1))
-
-    def _weight(self, steps: int) -> float:
-        """This site's aggregation weight (job setting `weighting`)."""
-        if self.weighting == "steps":
-            return steps
-        if self.weighting == "samples":
-            return len(self.train_loader.dataset)
-        if self.weighting == "uniform":
-            return 1
-        raise ValueError(f"weighting {self.weighting!r}: use one of {', '.join(WEIGHTINGS)}")
-
-    def _round_algorithm(self, incoming: FLModel, controls: dict):
-        """This round's local-training correction: None (FedAvg), FedProx or SCAFFOLD."""
-        if self.algorithm == "scaffold":
-            self._scaffold.begin_round(self.model, controls)
-            return self._scaffold
-        if self.algorithm == "fedprox":
-            # mu comes with the task, by FLARE's FedAvg contract (its `fedprox_mu`); absent means mu = 0
-            return FedProx(self.model, float((incoming.meta or {}).get(AlgorithmConstants.FEDPROX_MU) or 0.0))
-        return None
+        return FLModelUtils.to_shareable(self._update(result.steps, metrics, fl_ctx))

@@ -157,7 +157,7 @@ class ImagingStatistics(Statistics):
 
     def initialize(self, fl_ctx: FLContext) -> None:
         from consortium.config import load_site_config
-        from consortium.executors.trainer import site_config_dir
+        from consortium.executors.site_config import site_config_dir
 
         site = fl_ctx.get_identity_name()
         cfg = load_site_config(site, site_config_dir(fl_ctx))
