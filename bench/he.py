@@ -43,305 +43,33 @@ tasks" is the round time minus the slowest site's task: HE filters, transfer, ag
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import logging
 import math
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from nvflare.apis.dxo import DXO, DataKind, from_shareable
-from nvflare.apis.event_type import EventType
-from nvflare.apis.fl_constant import FLContextKey, FLMetaKey, ReservedKey
-from nvflare.apis.fl_context import FLContext
-from nvflare.apis.shareable import Shareable
-from nvflare.apis.workspace import Workspace
-from nvflare.app_common.app_constant import AppConstants
+from he_measure import (
+    TIMED,
+    initial,
+    max_error,
+    measure_repeated,
+    quantised_error,
+    site_models,
+    stock_wire,
+    try_aggregate,
+    warm_up,
+)
+from he_paths import CKKS, SITES, STEPS, Ours, Plain, Quantised, Stock, make_kit
+from he_rounds import full_rounds
 from nvflare.app_common.decomposers import common_decomposers
-from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 from nvflare.app_opt.he import decomposers as he_decomposers
-from nvflare.app_opt.he.intime_accumulate_model_aggregator import HEInTimeAccumulateWeightedAggregator
-from nvflare.app_opt.he.model_decryptor import HEModelDecryptor
-from nvflare.app_opt.he.model_encryptor import HEModelEncryptor
-from nvflare.fuel.sec.security_content_service import SecurityContentService
-from nvflare.fuel.utils import fobs
 
-from consortium.aggregators.he import HESumAggregator
 from consortium.aggregators.weighted import weighted_mean
-from consortium.filters.he import CTX_HE_REFERENCE, HEDecryptModel, HEEncryptUpdate
-from consortium.he.contexts import write_contexts
-from consortium.he.wire import PAYLOAD_KEY
-from consortium.jobs import load_job_spec
-from consortium.tasks import state_to_numpy
 from consortium.tasks.seg2d import build_model
 
-ROOT = Path(__file__).resolve().parents[1]
-CKKS = {"poly_modulus_degree": 8192, "coeff_mod_bit_sizes": [60, 40, 40], "scale_bits": 40}
-SITES = ("hospital-a", "hospital-b", "hospital-c")
-STEPS = (36.0, 22.0, 10.0)  # local steps per round of hospital-a/b/c in the demo job (its metrics.json)
 MODELS = {"demo UNet": {}, "UNet 28..448": {"channels": (28, 56, 112, 224, 448)}}  # about 0.4 M and 5 M
-NOISE = 0.01  # std of the per-site perturbation of the initial weights, so the sites differ
-TIMED = ("enc", "ser", "agg", "dec")
-
-
-@contextlib.contextmanager
-def quiet():
-    """Silence FLARE's per-layer logs and TenSEAL's C++ warnings (written straight to fd 1)."""
-    sys.stdout.flush()
-    saved, devnull = os.dup(1), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    logging.disable(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logging.disable(logging.NOTSET)
-        os.dup2(saved, 1)
-        os.close(saved), os.close(devnull)
-
-
-def timed(fn, *args):
-    start = time.perf_counter()
-    out = fn(*args)
-    return out, time.perf_counter() - start
-
-
-# -- a standalone FLARE participant ---------------------------------------------------------------------
-
-
-def make_kit(root: Path) -> Path:
-    """A workspace root with local/ and startup/ (both contexts, as HEBuilder writes them)."""
-    (root / "local").mkdir(parents=True, exist_ok=True)
-    write_contexts(root / "startup", CKKS)
-    SecurityContentService.initialize(content_folder=str(root / "startup"))  # stock loads contexts through it
-    return root
-
-
-def fl_ctx(root: Path, name: str) -> FLContext:
-    ctx = FLContext()
-    ctx.set_prop(FLContextKey.WORKSPACE_OBJECT, Workspace(str(root), name), private=True, sticky=False)
-    ctx.set_prop(FLContextKey.SECURE_MODE, False, private=True, sticky=False)  # unsigned simulator kit
-    ctx.set_prop(AppConstants.CURRENT_ROUND, 0, private=True, sticky=False)
-    peer = FLContext()  # a site's filters run on results going to (and data coming from) the server
-    peer.set_prop(ReservedKey.IDENTITY_NAME, "server", private=False, sticky=False)
-    ctx.set_peer_context(peer)
-    return ctx
-
-
-def task_result(params: dict, steps: float) -> Shareable:
-    """What the consortium executor returns: full weights and the local step count of the round."""
-    dxo = DXO(DataKind.WEIGHTS, data=dict(params), meta={FLMetaKey.NUM_STEPS_CURRENT_ROUND: steps})
-    result = dxo.to_shareable()
-    result.add_cookie(AppConstants.CONTRIBUTION_ROUND, 0)  # the server's task cookie, echoed back
-    return result
-
-
-def received(blob: bytes, site: str) -> Shareable:
-    """A task result as the server gets it: deserialized, tagged with the sender by the transport."""
-    result = fobs.loads(blob)
-    result.set_peer_props({ReservedKey.IDENTITY_NAME: site})
-    return result
-
-
-# -- the three paths: encrypt (site), aggregate (server), decrypt (site) ---------------------------------
-
-
-class Ours:
-    name = "ours"
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.encrypt_filters = {site: HEEncryptUpdate() for site in SITES}
-        self.decrypt_filter = HEDecryptModel()
-        self.aggregator = HESumAggregator()
-        self.server_ctx = fl_ctx(root, "server")
-        self.aggregator.handle_event(EventType.START_RUN, self.server_ctx)
-
-    def encrypt(self, site: str, result: Shareable) -> Shareable:
-        return self.encrypt_filters[site].process(result, fl_ctx(self.root, site))
-
-    def aggregate(self, results: list[Shareable]) -> Shareable:
-        for site, result in zip(SITES, results, strict=True):
-            model = FLModelUtils.from_shareable(result, self.server_ctx)
-            model.meta["client_name"] = site  # what FLARE's ModelController adds
-            self.aggregator.accept_model(model)
-        return FLModelUtils.to_shareable(self.aggregator.aggregate_model())
-
-    def decrypt(self, site: str, data: Shareable, shapes: dict) -> dict:
-        return from_shareable(self.decrypt_filter.process(data, fl_ctx(self.root, site))).data
-
-
-class Quantised(Ours):
-    """Ours with the quantised packing; the sites' reference (the model the round started from) is `reference`."""
-
-    name = "quantised"
-
-    def __init__(self, root: Path, bits: int = 8):
-        super().__init__(root)
-        self.settings = {"pack": "quantised", "bits": bits, "max_sites": 4, "max_weight": max(STEPS)}
-        self.encrypt_filters = {site: HEEncryptUpdate(**self.settings) for site in SITES}
-        self.reference: dict | None = None
-
-    def encrypt(self, site: str, result: Shareable) -> Shareable:
-        ctx = fl_ctx(self.root, site)
-        ctx.set_prop(CTX_HE_REFERENCE, self.reference, private=True, sticky=False)  # as HEDecryptModel leaves it
-        return self.encrypt_filters[site].process(result, ctx)
-
-
-class Stock:
-    name = "stock"
-
-    def __init__(self, root: Path, server_weighs: bool = False):
-        self.root = root
-        self.server_ctx = fl_ctx(root, "server")
-        self.encrypt_filters = {site: HEModelEncryptor(weigh_by_local_iter=True) for site in SITES}
-        for site, filt in self.encrypt_filters.items():
-            filt.handle_event(EventType.START_RUN, fl_ctx(root, site))
-        self.decrypt_filter = HEModelDecryptor()
-        self.decrypt_filter.handle_event(EventType.START_RUN, fl_ctx(root, SITES[0]))
-        self.aggregator = HEInTimeAccumulateWeightedAggregator(
-            expected_data_kind=DataKind.WEIGHTS, weigh_by_local_iter=server_weighs
-        )
-        self.aggregator.handle_event(EventType.START_RUN, self.server_ctx)
-
-    def encrypt(self, site: str, result: Shareable) -> Shareable:
-        return self.encrypt_filters[site].process(result, fl_ctx(self.root, site))
-
-    def aggregate(self, results: list[Shareable]) -> Shareable:
-        for site, result in zip(SITES, results, strict=True):
-            if not self.aggregator.accept(result, self.server_ctx):
-                raise RuntimeError(f"stock aggregator refused the result of {site}")
-        return self.aggregator.aggregate(self.server_ctx)
-
-    def decrypt(self, site: str, data: Shareable, shapes: dict) -> dict:
-        flat = from_shareable(self.decrypt_filter.process(data, fl_ctx(self.root, site))).data
-        return {k: np.asarray(v, dtype=np.float32).reshape(shapes[k]) for k, v in flat.items()}
-
-
-class Plain:
-    name = "plain"
-
-    def encrypt(self, site: str, result: Shareable) -> Shareable:
-        return result
-
-    def aggregate(self, results: list[Shareable]) -> Shareable:
-        dxos = [from_shareable(r) for r in results]
-        weights = [d.get_meta_prop(FLMetaKey.NUM_STEPS_CURRENT_ROUND) for d in dxos]
-        return DXO(DataKind.WEIGHTS, data=weighted_mean([d.data for d in dxos], weights)).to_shareable()
-
-    def decrypt(self, site: str, data: Shareable, shapes: dict) -> dict:
-        return from_shareable(data).data
-
-
-# -- measuring --------------------------------------------------------------------------------------------
-
-
-def site_models(model: torch.nn.Module, seed: int = 0) -> list[dict]:
-    """The model's own initial weights plus small per-site noise, float32, one dict per site."""
-    base = initial(model)
-    rng = np.random.default_rng(seed)
-    return [{k: (v + rng.normal(0, NOISE, v.shape)).astype(np.float32) for k, v in base.items()} for _ in SITES]
-
-
-def initial(model: torch.nn.Module) -> dict:
-    """The model every site started from (the quantised packing's reference for its ranges)."""
-    return state_to_numpy(model)
-
-
-def send(path, sites: list[dict]) -> tuple[list[bytes], list[float], list[float]]:
-    """Each site filters and serializes its task result: (messages, encrypt seconds, serialize seconds)."""
-    blobs, enc, ser = [], [], []
-    for site, params, steps in zip(SITES, sites, STEPS, strict=True):
-        out, t_enc = timed(path.encrypt, site, task_result(params, steps))
-        blob, t_ser = timed(fobs.dumps, out)
-        blobs.append(blob), enc.append(t_enc), ser.append(t_ser)
-    return blobs, enc, ser
-
-
-def serve(path, blobs: list[bytes]) -> bytes:
-    """Server: receive the sites' messages, aggregate, serialize the global model."""
-    return fobs.dumps(path.aggregate([received(blob, site) for blob, site in zip(blobs, SITES, strict=True)]))
-
-
-def measure(path, sites: list[dict]) -> dict:
-    """One round of `path` for 3 sites; the global model is decrypted at the first site."""
-    shapes = {k: v.shape for k, v in sites[0].items()}
-    with quiet():
-        blobs, enc, ser = send(path, sites)
-        global_blob, t_agg = timed(serve, path, blobs)
-        out, t_dec = timed(lambda: path.decrypt(SITES[0], fobs.loads(global_blob), shapes))
-    return {
-        "enc": float(np.mean(enc)),
-        "ser": float(np.mean(ser)),
-        "agg": t_agg,
-        "dec": t_dec,
-        "bytes": float(np.mean([len(b) for b in blobs])),
-        "out": out,
-        "blobs": blobs,
-    }
-
-
-def measure_repeated(path, sites: list[dict], repeat: int) -> dict:
-    """Median of `repeat` runs for every timing; sizes and outputs from the last run."""
-    runs = [measure(path, sites) for _ in range(repeat)]
-    return {**runs[-1], **{k: float(np.median([r[k] for r in runs])) for k in TIMED}}
-
-
-def try_aggregate(path, blobs: list[bytes]) -> dict:
-    """Aggregate already-sent messages with another server configuration; report a failure instead of raising."""
-    start = time.perf_counter()
-    try:
-        with quiet():
-            serve(path, blobs)
-        return {"agg": time.perf_counter() - start, "failure": None}
-    except Exception as exc:  # noqa: BLE001 - the failure is the result
-        return {"agg": time.perf_counter() - start, "failure": f"{type(exc).__name__}: {exc}"}
-
-
-def warm_up(paths: list) -> None:
-    """One round on a 4-value model: contexts are loaded once per job, not per round."""
-    tiny = [{"w": np.full(4, 0.1 * (i + 1), dtype=np.float32)} for i in range(len(SITES))]
-    for path in paths:
-        measure(path, tiny)
-
-
-def stock_wire(blob: bytes) -> tuple[int, int, int]:
-    """(ciphertexts, ciphertext bytes, context bytes) in one stock site message: FLARE's CKKSVector
-    decomposer serializes the vector's context (public and relinearization keys) beside every layer."""
-    with quiet():
-        data = from_shareable(fobs.loads(blob)).data
-    vectors = [v for v in data.values() if hasattr(v, "context")]
-    ct = sum(len(v.serialize()) for v in vectors)
-    contexts = sum(len(v.context().serialize()) for v in vectors)
-    return sum(math.ceil(v.size() / (CKKS["poly_modulus_degree"] // 2)) for v in vectors), ct, contexts
-
-
-def quantised_error(r: dict, want: dict, settings: dict) -> str:
-    """Where the quantised packing's largest error is, against its bound n x step x max_weight / total weight
-    (exceeded only where a site's value was clipped to its layer's range)."""
-    with quiet():
-        payload = from_shareable(fobs.loads(r["blobs"][0])).data[PAYLOAD_KEY]
-    qmax = 2 ** (settings["bits"] - 1) - 1
-    scale = len(SITES) * settings["max_weight"] / sum(STEPS) / qmax
-    worst = max(
-        ((float(np.abs(np.asarray(r["out"][name], dtype=np.float64) - want[name]).max()), name, rng * scale)
-         for (name, _, _), rng in zip(payload["layout"], payload["quant"]["ranges"], strict=True)),
-    )  # fmt: skip
-    over = sum(
-        float(np.abs(np.asarray(r["out"][name], dtype=np.float64) - want[name]).max()) > rng * scale
-        for (name, _, _), rng in zip(payload["layout"], payload["quant"]["ranges"], strict=True)
-    )
-    return (f"largest error {worst[0]:.2g} in {worst[1]} (its bound {worst[2]:.2g}); {over} of "
-            f"{len(payload['layout'])} layers over their bound (values clipped to the range)")  # fmt: skip
-
-
-def max_error(out: dict, want: dict) -> float:
-    return max(float(np.abs(np.asarray(out[k], dtype=np.float64) - want[k]).max()) for k in want)
 
 
 # -- tables -----------------------------------------------------------------------------------------------
@@ -415,52 +143,6 @@ def bench_model(paths: dict, label: str, model: torch.nn.Module, repeat: int) ->
         f"bytes {ours['bytes'] / plain['bytes']:.1f}x"
     )
     return ratios
-
-
-# -- full rounds in the simulator -------------------------------------------------------------------------
-
-
-def simulate(job: str, runs: Path, home: Path, rounds: int) -> list[dict]:
-    """Run `job` in the FLARE simulator; the per-round records of its metrics.json."""
-    cmd = [sys.executable, "-m", "consortium.cli", "--jobs", str(ROOT / "jobs"), "--site-configs"]
-    cmd += [str(ROOT / "site_configs"), "--runs", str(runs), "simulate", job, "--rounds", str(rounds)]
-    env = {**os.environ, "HOME": str(home)}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-    return json.loads((runs / job / "metrics.json").read_text())["rounds"]
-
-
-def round_stats(records: list[dict]) -> dict:
-    """Means over rounds 1.. (round 0 includes data loading): round, slowest site's task and training."""
-    later = records[1:]
-    task = [max(s["task_seconds"] for s in r["sites"].values()) for r in later]
-    train = [max(s["train_seconds"] for s in r["sites"].values()) for r in later]
-    return {
-        "all": [r["seconds"] for r in records],
-        "round": float(np.mean([r["seconds"] for r in later])),
-        "task": float(np.mean(task)),
-        "train": float(np.mean(train)),
-    }
-
-
-def full_rounds(plain_job: str, he_job: str, rounds: int, tmp: Path) -> float:
-    """Print the mean round time (rounds 1..) of the plaintext and the encrypted job; return HE / plain."""
-    for job, he in ((plain_job, False), (he_job, True)):
-        if load_job_spec(job, ROOT / "jobs").he != he:
-            raise SystemExit(f"job {job} has he: {not he}; pass --plain-job / --he-job")
-    print(f"\nfull round (simulator, {rounds} rounds, 3 sites, demo UNet; means of rounds 1..{rounds - 1})")
-    print(f"  {'job':14s} {'round s':>8s} {'slowest task':>12s} {'its training':>12s} {'outside tasks':>13s}  rounds")
-    stats = {}
-    for job in (plain_job, he_job):
-        st = stats[job] = round_stats(simulate(job, tmp / "runs", tmp / "home", rounds))
-        print(
-            f"  {job:14s} {st['round']:8.2f} {st['task']:12.2f} {st['train']:12.2f} {st['round'] - st['task']:13.2f}  "
-            + ", ".join(f"{s:.2f}" for s in st["all"])
-        )
-    ratio = stats[he_job]["round"] / stats[plain_job]["round"]
-    print(f"  encrypted / plaintext round time = {ratio:.2f}x  (outside tasks: filters, transfer, aggregation)")
-    return ratio
 
 
 def check(label: str, value: float, ok: bool) -> None:
