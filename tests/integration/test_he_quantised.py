@@ -1,5 +1,5 @@
 """The quantised HE packing (jobs/fedavg_quantised) in the real FLARE simulator: one round gives the plaintext
-FedAvg global model within the quantisation bound, with a quarter of the ckks packing's ciphertexts."""
+FedAvg global model within the quantisation bound, with 1 / per_slot of the ckks packing's ciphertexts."""
 
 import json
 import math
@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from consortium.he.quant import Packing
+from consortium.jobs import load_job_spec
+from tests.conftest import REPO
 from tests.integration.test_simulator import simulate_cmd
 
 pytestmark = pytest.mark.integration
@@ -25,12 +27,13 @@ def test_quantised_he_job_matches_plaintext_fedavg_within_the_quantisation_bound
     payload = torch.load(out / "global_model.encrypted.pt", weights_only=False)["__he__"]
     assert payload["version"] == 2 and payload["quant"]["sites"] == 2
     packing = Packing.from_wire(payload["quant"]["packing"])
-    assert (packing.bits, packing.per_slot) == (8, 4)
+    job = Packing(**dict(load_job_spec("fedavg_quantised", REPO / "jobs").he.quantised))
+    assert (packing.bits, packing.per_slot) == (job.bits, job.per_slot)  # 6 bits, 5 per slot (the job file)
     plain = torch.load(tmp_path / "runs" / "fedavg_plain" / "global_model.pt")
     released = torch.load(out / "global_model.pt")
     assert set(plain) == set(released)
     size = sum(int(np.prod(shape)) for _, shape, _ in payload["layout"])
-    assert len(payload["chunks"]) == math.ceil(size / (4 * 4096))  # 4 values per slot, 4096 slots per ciphertext
+    assert len(payload["chunks"]) == math.ceil(size / (packing.per_slot * 4096))  # 4096 slots per ciphertext
 
     # uniform weights, 2 sites: each site's integer is off by less than one step of its layer, so the mean too;
     # the ranges are the ones the sites used (2 x the initial model's largest value, or the floor)
