@@ -183,4 +183,6 @@ def simulate(spec: JobSpec, *, sites: list[str], site_config_dir: Path, workspac
 
         write_contexts(Path(workspace) / "startup")
     job = build_job(spec, stream_logs=False)
-    return job.simulator_run(str(workspace), clients=sites, threads=threads or len(sites), log_config="concise")
+    from consortium.jobs.simulator import run  # FLARE's simulator without its same-name race (jobs/simulator.py)
+
+    return run(job, str(workspace), clients=sites, threads=threads or len(sites), log_config="concise")

@@ -125,7 +125,9 @@ def simulate_preflight(*, sites: list[str], site_config_dir: Path, workspace: Pa
     os.environ[C.ENV_SITE_CONFIG_DIR] = str(Path(site_config_dir).resolve())
     write_resources_policy(Path(workspace) / "local")  # the simulator copies local/ to every participant
     job = build_preflight_job(stream_logs=False)
-    return job.simulator_run(str(workspace), clients=sites, threads=len(sites), log_config="concise")
+    from consortium.jobs.simulator import run  # FLARE's simulator without its same-name race (jobs/simulator.py)
+
+    return run(job, str(workspace), clients=sites, threads=len(sites), log_config="concise")
 
 
 def simulator_stats_file(workspace: Path) -> Path:
