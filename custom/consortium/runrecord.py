@@ -220,8 +220,7 @@ def new(*, task: str, num_rounds: int, meta: RunMeta) -> RunRecord:
 def write(run_dir, record: RunRecord) -> Path:
     """Write `run_dir`/metrics.json atomically (a reader, or a crash, never sees half a file)."""
     path = Path(run_dir) / FILE
-    data = {VERSION: SCHEMA_VERSION, **record}
-    data[VERSION] = SCHEMA_VERSION
+    data = {VERSION: SCHEMA_VERSION, **{k: v for k, v in record.items() if k != VERSION}}
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1, default=float))
     os.replace(tmp, path)

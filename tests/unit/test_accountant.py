@@ -13,7 +13,8 @@ from opacus.accountants import RDPAccountant as OpacusRDP
 from opacus.accountants.utils import get_noise_multiplier
 
 from consortium.privacy import accountant as acc
-from consortium.privacy.accountant import ORDERS, Accountant, RDPAccountant, noise_for_target, read_dp_settings
+from consortium.privacy.accountant import ORDERS, Accountant, RDPAccountant, noise_for_target
+from consortium.privacy.settings import read_dp_settings
 
 warnings.filterwarnings("ignore", message="Optimal order")
 

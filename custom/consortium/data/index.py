@@ -9,9 +9,7 @@ a salted hash whose salt stays in the site's data folder. Pixel data is neither 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
-import secrets
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +18,9 @@ from typing import Callable
 import pandas as pd
 
 from consortium.data.labels import LabelError, check_seg_geometry, label_format, map_values, read_raw, seg_series_uid
+from consortium.data.pseudonyms import pseudonym, site_salt
 from consortium.data.series import Series, check_series, scan_folder
 
-SALT_FILE = ".pseudonym_salt"  # in the site's data folder; never leaves it
 MIN_PATIENTS_FOR_VAL = 3  # fewer: the site trains without a validation split (with a warning)
 
 
@@ -61,20 +59,6 @@ class IndexResult:
                 lines += [f"    {name}: {reason}" for name, reason in items]
         lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
-
-
-def site_salt(data_dir: Path) -> bytes:
-    """The site's pseudonym key: made once, kept in its data folder (mode 600), never sent anywhere."""
-    path = data_dir / SALT_FILE
-    if not path.is_file():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_hex(32))
-        path.chmod(0o600)
-    return bytes.fromhex(path.read_text().strip())
-
-
-def pseudonym(salt: bytes, kind: str, value: str) -> str:
-    return kind + hmac.new(salt, value.encode(), hashlib.sha256).hexdigest()[:12]
 
 
 def _read_mapping(path: Path) -> dict[str, Path]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 from consortium.config import load_site_configs, require_data_dirs
 from consortium.deploy.poc_kits import KitCache, kit_inputs
 from consortium.deploy.poc_start import StartError, shutdown, start_all, wait_registered
+from consortium.deploy.ports import free_port, port_free
 from consortium.deploy.processes import kill_kit, kit_processes, stop_processes  # noqa: F401 (part of this API)
 from consortium.deploy.provision import ConsortiumDef, load_consortium, project_dict, write_project
 
@@ -55,22 +55,6 @@ class PocPaths:
 
     def prod(self, project: str) -> Path:
         return self.poc / project / "prod_00"
-
-
-def port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def choose_ports(defn: ConsortiumDef, *, strict: bool = False, last: tuple | None = None) -> tuple[int, int]:

@@ -54,35 +54,6 @@ def check_dp_args(
         raise ValueError(f"target_epsilon must be a finite number > 0, got {target_epsilon!r}")
 
 
-def read_dp_settings(raw, *, where: str, required: tuple[str, ...], example: str) -> dict[str, float]:
-    """A job's DP mapping (`dp_sgd`, `dp_update`): `required` keys plus exactly one of target_epsilon (noise
-    derived) and noise_multiplier, each a finite number > 0, delta < 1. Errors name `where.<key>`."""
-    known = (*required, "target_epsilon", "noise_multiplier")
-    if not isinstance(raw, dict):
-        raise ValueError(f"{where}: expected a mapping ({example}), got {raw!r}")
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        raise ValueError(f"{where}.{unknown[0]}: unknown key; allowed: {', '.join(known)}")
-    values = {}
-    for key in known:
-        if raw.get(key) is None:
-            continue
-        try:
-            values[key] = float(raw[key])  # YAML reads 1e-5 (no dot) as a string
-        except (TypeError, ValueError):
-            raise ValueError(f"{where}.{key}: {raw[key]!r} is not a number") from None
-        if not (math.isfinite(values[key]) and values[key] > 0):
-            raise ValueError(f"{where}.{key}: must be a finite number > 0, got {raw[key]!r}")
-    for key in required:
-        if key not in values:
-            raise ValueError(f"{where}.{key}: missing; e.g. {example}")
-    if values.get("delta", 0) >= 1:
-        raise ValueError(f"{where}.delta: must be < 1 (e.g. 1.0e-5, below 1 / number of patients)")
-    if ("target_epsilon" in values) == ("noise_multiplier" in values):
-        raise ValueError(f"{where}: set exactly one of target_epsilon (noise derived) and noise_multiplier")
-    return values
-
-
 def rdp_subsampled_gaussian(q: float, sigma: float, steps: int, orders=ORDERS) -> np.ndarray:
     """RDP at each order of `steps` subsampled Gaussian steps (Opacus's analysis); kept for the RDP-by-hand test."""
     check_dp_args(delta=0.5, noise_multiplier=sigma, sample_rate=q)

@@ -3,14 +3,38 @@ components from the same mapping (`to_dict()` into the exported job, `from_dict(
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
 
-def _read(raw, *, where: str, required: tuple[str, ...], example: str) -> dict[str, float]:
-    from consortium.privacy.accountant import read_dp_settings  # loads opacus: only for jobs with DP
-
-    return read_dp_settings(raw, where=where, required=required, example=example)
+def read_dp_settings(raw, *, where: str, required: tuple[str, ...], example: str) -> dict[str, float]:
+    """A job's DP mapping (`dp_sgd`, `dp_update`): `required` keys plus exactly one of target_epsilon (noise
+    derived) and noise_multiplier, each a finite number > 0, delta < 1. Errors name `where.<key>`."""
+    known = (*required, "target_epsilon", "noise_multiplier")
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: expected a mapping ({example}), got {raw!r}")
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ValueError(f"{where}.{unknown[0]}: unknown key; allowed: {', '.join(known)}")
+    values = {}
+    for key in known:
+        if raw.get(key) is None:
+            continue
+        try:
+            values[key] = float(raw[key])  # YAML reads 1e-5 (no dot) as a string
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}.{key}: {raw[key]!r} is not a number") from None
+        if not (math.isfinite(values[key]) and values[key] > 0):
+            raise ValueError(f"{where}.{key}: must be a finite number > 0, got {raw[key]!r}")
+    for key in required:
+        if key not in values:
+            raise ValueError(f"{where}.{key}: missing; e.g. {example}")
+    if values.get("delta", 0) >= 1:
+        raise ValueError(f"{where}.delta: must be < 1 (e.g. 1.0e-5, below 1 / number of patients)")
+    if ("target_epsilon" in values) == ("noise_multiplier" in values):
+        raise ValueError(f"{where}: set exactly one of target_epsilon (noise derived) and noise_multiplier")
+    return values
 
 
 # Opacus's secure_mode (a cryptographically secure generator for its noise) needs torchcsprng
@@ -41,7 +65,7 @@ class DPSGDSettings:
         trainable = raw.pop("trainable", "all") if isinstance(raw, dict) else "all"
         if isinstance(raw, dict) and raw.pop("secure_mode", False) is not False:
             raise ValueError(f"{where}.secure_mode: {SECURE_MODE_REFUSED}")
-        values = _read(raw, where=where, required=("delta", "max_grad_norm"),
+        values = read_dp_settings(raw, where=where, required=("delta", "max_grad_norm"),
                        example="target_epsilon: 8, delta: 1.0e-5, max_grad_norm: 1.0")  # fmt: skip
         if not isinstance(trainable, str) or not trainable:
             raise ValueError(f"{where}.trainable: {trainable!r}; use all, decoder, or a regex of parameter names")
@@ -71,7 +95,7 @@ class DPUpdateSettings:
     @classmethod
     def from_dict(cls, raw, where: str = "dp_update") -> "DPUpdateSettings":
         """Parse and validate; errors name `where.<key>`."""
-        return cls(**_read(raw, where=where, required=("clip_norm", "delta"),
+        return cls(**read_dp_settings(raw, where=where, required=("clip_norm", "delta"),
                            example="clip_norm: 1.0, delta: 1.0e-5, target_epsilon: 8"))  # fmt: skip
 
     def to_dict(self) -> dict:
