@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from evaluation import test_cohorts  # noqa: E402  (the same held-out cohort as bench/evaluation.py)
 
 from consortium import constants as C  # noqa: E402
+from consortium.audit_trail import chain  # noqa: E402
 from consortium.config import load_site_configs  # noqa: E402
 from consortium.jobs import load_job_spec  # noqa: E402
 from consortium.tasks import get_task  # noqa: E402
@@ -79,9 +80,10 @@ def settings(jobs: Path, name: str, rounds: int, test_patients: int) -> dict:
 def upload_bytes(workspace: Path) -> list[int]:
     """Sizes of every train result the server received, from its audit trail in the run's workspace."""
     trail = workspace / "server" / C.TRAIL_FOLDER / C.TRAIL_FILE
-    if not trail.is_file():
-        raise SystemExit(f"{trail} is missing: the run kept no audit trail, so its bytes cannot be read")
-    records = [json.loads(line) for line in trail.read_text().splitlines() if line.strip()]
+    try:
+        records = chain.read(trail)  # verified, as `consortium audit verify` reads it
+    except chain.TrailError as exc:
+        raise SystemExit(f"{exc}: the run's bytes cannot be read") from None
     sizes = [int(r["bytes"]) for r in records
              if r.get("task") == C.TASK_TRAIN and r.get("direction") == "received" and r.get("rc") == "OK"]  # fmt: skip
     if not sizes:
