@@ -19,6 +19,11 @@ import numpy as np
 
 # Model weights are small numbers; CKKS decryption under a different key gives values around 1e9 and more.
 MAX_PLAUSIBLE_WEIGHT = 1e6
+# ... but at the last level (60-bit modulus, scale 2^40) garbage stays below 2^19 per coefficient, and after the
+# division by the sites' total weight its largest value can fall under 1e6 (seen once: a wrong key unnoticed in a
+# fresh clone's tests/unit/test_he.py, 2026-12-08). Its typical value does not: garbage's median |value| is, by
+# estimate, around 1e5 (coefficients uniform up to 2^19, spread by decoding), a model's weights' far below 1e3.
+MAX_PLAUSIBLE_MEDIAN = 1e3
 # After the weighting multiplication a ciphertext sits at the last level (60-bit modulus, scale 2^40):
 # the *sum over all sites* of weight * value must stay below 2^19 or it wraps around silently. Each
 # site keeps its own share under 2^19 / MAX_SITES, so up to MAX_SITES sites can never overflow.

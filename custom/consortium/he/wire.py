@@ -91,7 +91,9 @@ class EncryptedUpdate:
             flat = self._decrypt_quantised(context)
         else:
             flat = ckks.decrypt(context, list(self.chunks), self.layout.size) / self.weight
-        if flat.size and not (np.isfinite(flat).all() and np.abs(flat).max() < ckks.MAX_PLAUSIBLE_WEIGHT):
+        magnitude = np.abs(flat)
+        if flat.size and not (np.isfinite(flat).all() and magnitude.max() < ckks.MAX_PLAUSIBLE_WEIGHT
+                              and np.median(magnitude) < ckks.MAX_PLAUSIBLE_MEDIAN):  # fmt: skip
             raise HEContextError(
                 "decrypting the global model gave garbage: this site's HE key differs from the other sites' "
                 "(kits from different provisioning runs?). Give every site a kit from the same provisioning."
